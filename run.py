@@ -1,0 +1,27 @@
+"""Entry point: ``python run.py task=T [group=option ...] [key=value ...]`` (``-m`` for sweeps)."""
+
+import os
+import sys
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+os.environ.setdefault("BILEVEL_ROOT", str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent / "src"))
+
+from bilevel_diffusion.errors import ConfigError  # noqa: E402
+from bilevel_diffusion.main import run_job  # noqa: E402
+
+
+@hydra.main(version_base="1.3", config_path="configs", config_name="config")
+def main(cfg: DictConfig) -> float:
+    try:
+        return run_job(cfg)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

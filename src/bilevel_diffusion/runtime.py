@@ -1,0 +1,61 @@
+"""Hardware selection, seeding and the per-job context handed to every task."""
+
+from __future__ import annotations
+
+import os
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+
+from bilevel_diffusion.errors import ConfigError
+from bilevel_diffusion.tracking.recorder import Recorder
+
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def select_device(hardware: DictConfig) -> tuple[torch.device, torch.dtype]:
+    """``hardware.device`` is ``cpu``, ``cuda`` (or ``cuda:N``) or ``auto``; ``hardware.dtype`` names the dtype."""
+    name = str(hardware.device)
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("hardware=gpu asks for CUDA but torch sees no GPU; use hardware=cpu or hardware=auto")
+    dtype_name = str(hardware.dtype)
+    if dtype_name not in _DTYPES:
+        raise ConfigError(f"hardware.dtype must be one of {sorted(_DTYPES)} (got {dtype_name!r})")
+    device = torch.device(name)
+    dtype = _DTYPES[dtype_name] if device.type == "cuda" else torch.float32
+    if hardware.get("deterministic", False):
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    if hardware.get("num_threads"):
+        torch.set_num_threads(int(hardware.num_threads))
+    return device, dtype
+
+
+@dataclass
+class RunContext:
+    """What a task needs from the job around it."""
+
+    run_dir: Path
+    cache_dir: Path
+    device: torch.device
+    dtype: torch.dtype
+    seed: int
+    resume: bool
+    recorder: Recorder
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.run_dir / "checkpoints" / "last.pt"

@@ -1,0 +1,104 @@
+"""The run contract (SPEC §5): ``config.yaml``, ``metrics.jsonl``, ``summary.json`` and PNG files in the run
+directory, mirrored to Weights & Biases when ``logger=wandb``."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torchvision.utils import save_image
+
+from bilevel_diffusion.checkpoint import write_json_atomic
+
+CONTRACT_FILES = ("config.yaml", "metrics.jsonl", "summary.json")
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.item() if value.numel() == 1 else value.tolist()
+    return value
+
+
+class Recorder:
+    """Writes one job's metrics and results; one W&B run per job, finished by :meth:`close`."""
+
+    def __init__(self, run_dir: str | Path, cfg: DictConfig, logger: DictConfig | None = None,
+                 job_name: str = "run") -> None:
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.metrics_path = self.run_dir / "metrics.jsonl"
+        self.elapsed_before = 0.0
+        self._t0 = time.perf_counter()
+        (self.run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        self._wandb = None
+        if logger is not None and logger.get("backend", "none") == "wandb":
+            self._wandb = self._start_wandb(cfg, logger, job_name)
+
+    def _start_wandb(self, cfg: DictConfig, logger: DictConfig, job_name: str):
+        import wandb
+
+        id_file = self.run_dir / "wandb_id.txt"
+        run_id = id_file.read_text().strip() if id_file.exists() else wandb.util.generate_id()
+        id_file.write_text(run_id)
+        return wandb.init(project=logger.project, entity=logger.get("entity"), mode=logger.mode,
+                          dir=str(self.run_dir), name=job_name, id=run_id, resume="allow",
+                          tags=list(logger.get("tags") or []), group=logger.get("group"),
+                          config=OmegaConf.to_container(cfg, resolve=True), reinit="create_new")
+
+    # -- time -------------------------------------------------------------------------------------------
+    def wall_clock(self) -> float:
+        """Seconds spent on this job, including time before a resume."""
+        return self.elapsed_before + time.perf_counter() - self._t0
+
+    def resume_from(self, step: int, wall_clock_s: float) -> None:
+        """Continue after a checkpoint: drop log lines newer than ``step`` (they will be logged again)."""
+        self.elapsed_before = wall_clock_s
+        self._t0 = time.perf_counter()
+        if self.metrics_path.exists():
+            kept = [line for line in self.metrics_path.read_text().splitlines()
+                    if line and json.loads(line)["step"] <= step]
+            self.metrics_path.write_text("".join(line + "\n" for line in kept))
+
+    # -- logging ----------------------------------------------------------------------------------------
+    def log(self, step: int, **metrics: Any) -> dict[str, Any]:
+        """Append one line ``{"step", "wall_clock_s", **metrics}`` to ``metrics.jsonl`` (and to W&B)."""
+        row = {"step": int(step), "wall_clock_s": round(self.wall_clock(), 3)}
+        row.update({k: _plain(v) for k, v in metrics.items()})
+        with self.metrics_path.open("a") as handle:
+            handle.write(json.dumps(row, allow_nan=True) + "\n")
+        if self._wandb is not None:
+            self._wandb.log({k: v for k, v in row.items() if k != "step"}, step=int(step))
+        return row
+
+    def save_images(self, name: str, images: torch.Tensor, nrow: int | None = None) -> Path:
+        """Save a grid of images in [-1, 1] as ``name.png`` in the run directory."""
+        path = self.run_dir / f"{name}.png"
+        nrow = nrow or max(1, int(math.sqrt(images.shape[0])))
+        save_image((images.float().cpu() + 1) / 2, path, nrow=nrow, padding=1, value_range=(0, 1))
+        self.log_file_image(name, path)
+        return path
+
+    def log_file_image(self, name: str, path: Path) -> None:
+        """Send an already written PNG (a plot, a grid) to W&B."""
+        if self._wandb is not None:
+            import wandb
+
+            self._wandb.log({name: wandb.Image(str(path))})
+
+    def write_summary(self, summary: dict[str, Any]) -> dict[str, Any]:
+        """``summary.json``: the job's final result (SPEC §5)."""
+        summary = {k: _plain(v) for k, v in summary.items()}
+        write_json_atomic(summary, self.run_dir / "summary.json")
+        if self._wandb is not None:
+            self._wandb.summary.update({k: v for k, v in summary.items() if not isinstance(v, dict)})
+        return summary
+
+    def close(self, exit_code: int = 0) -> None:
+        if self._wandb is not None:
+            self._wandb.finish(exit_code=exit_code)
+            self._wandb = None
