@@ -62,7 +62,7 @@ def train_classifier(data: ImageData, epochs: int = 12, batch_size: int = 64, lr
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps)
     model.train()
-    for _ in tqdm(range(steps), desc="MNIST classifier (FID features)", leave=False):
+    for _ in tqdm(range(steps), desc="MNIST classifier (FID features)", leave=False, disable=None):
         x, y = data.batch(batch_size, generator)
         loss = F.cross_entropy(model(_shift(x, generator)), y)
         optimizer.zero_grad(set_to_none=True)

@@ -28,7 +28,7 @@ def ddim_sample(model: nn.Module, scheduler: DDIMScheduler, noise: torch.Tensor,
     model.eval()
     chunks = []
     starts = range(0, noise.shape[0], batch_size)
-    for start in tqdm(starts, desc="DDIM", disable=not progress, leave=False):
+    for start in tqdm(starts, desc="DDIM", disable=None if progress else True, leave=False):
         x = noise[start:start + batch_size].to(device)
         for t in scheduler.timesteps:
             eps = model(x, t.to(device).expand(x.shape[0]))

@@ -45,7 +45,8 @@ class TrainMNIST:
                              "wall_clock_s": ctx.recorder.wall_clock()}, ctx.checkpoint_path)
 
         losses: list[float] = []
-        bar = tqdm(range(start, solver.num_steps), initial=start, total=solver.num_steps, desc="score matching")
+        bar = tqdm(range(start, solver.num_steps), initial=start, total=solver.num_steps, desc="score matching",
+                   disable=None)
         for step in bar:
             x0, _ = data.batch(solver.batch_size, generator)
             losses.append(solver.step(x0.to(ctx.device), alphas_cumprod, generator))
