@@ -1,0 +1,17 @@
+"""``upper_estimator=random``: random search (uniform, or log-uniform for ``log`` parameters)."""
+
+from __future__ import annotations
+
+import optuna
+
+from bilevel_diffusion.upper_estimators.search import SearchEstimator, SearchSpace
+
+
+class RandomSearch(SearchEstimator):
+    """optuna's RandomSampler for ``n_trials`` trials."""
+
+    def __init__(self, name: str = "random", n_trials: int = 5, timeout_s: float | None = None, seed: int = 0) -> None:
+        super().__init__(name, n_trials, timeout_s, seed)
+
+    def make_sampler(self, space: SearchSpace, seed: int) -> optuna.samplers.BaseSampler:
+        return optuna.samplers.RandomSampler(seed=seed)

@@ -1,0 +1,207 @@
+"""Hyper-parameter search baselines (SPEC §1.1 / §1.2): grid, random and Bayesian search over optuna 5.
+
+The interface is task-agnostic::
+
+    space = {"lambda": {"low": 0.01, "high": 100.0, "log": True}}        # one entry per searched parameter
+    def evaluate(params: dict[str, float]) -> dict:                       # one full evaluation (a guided sampling
+        ...                                                               # run, a training run, ...)
+        return {"objective": ..., "sampler_nfe": ..., **other_scalars}    # objective: lower is better
+    estimator = instantiate(cfg.upper_estimator)                          # GridSearch / RandomSearch / BayesianSearch
+    result = estimator.search(space, evaluate, ctx)                       # -> SearchResult
+
+``result.best_params``, ``result.best_value``, ``result.best_result`` (the dict ``evaluate`` returned for the best
+trial), ``result.trials`` (every evaluated trial, in order) and ``result.sampler_nfe`` (summed over trials).
+
+- Ask/tell with an optuna SQLite study at ``ctx.run_dir / "study.db"``. With ``resume=true`` the study is loaded:
+  finished trials are kept (never re-evaluated), a trial that was running when the job stopped is marked failed and
+  its parameters are queued again, so nothing is lost or repeated. The samplers are re-seeded with
+  ``seed + number of trials`` on resume, so a resumed random search does not redraw the first points (the grid
+  keeps its seed: GridSampler maps trial numbers to points through a seeded shuffle).
+- Budget: ``n_trials`` evaluations and/or ``timeout_s`` seconds of this job's wall clock (both counted across
+  resumes); the grid stops when it is exhausted.
+- Each evaluated trial is one ``metrics.jsonl`` line at ``step`` = its index: ``trial``, the parameters and the
+  scalar entries of its result dict (only those scalars are kept in the study, so ``result.trials`` restored after
+  a resume hold the scalars). On resume the search calls ``ctx.recorder.resume_from`` itself: log lines of a task
+  at steps >= the number of finished trials are dropped, so log the task's own lines after the search at steps
+  ``>= len(result.trials)``.
+- A non-finite objective is told to optuna as a failed trial (the record is kept and logged).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import optuna
+from optuna.trial import TrialState
+
+from bilevel_diffusion.errors import ConfigError
+from bilevel_diffusion.runtime import RunContext
+
+#: ``{param: {"low": float, "high": float, "log": bool}}``
+SearchSpace = Mapping[str, Mapping[str, Any]]
+Evaluate = Callable[[dict[str, float]], dict[str, Any]]
+
+STUDY_FILE = "study.db"
+STUDY_NAME = "search"
+_RESULT_ATTR = "result"
+_WALL_ATTR = "wall_clock_s"
+
+
+@dataclass
+class TrialRecord:
+    """One evaluated point: its parameters and the dict ``evaluate`` returned."""
+
+    index: int
+    params: dict[str, float]
+    result: dict[str, Any]
+
+    @property
+    def objective(self) -> float:
+        return float(self.result["objective"])
+
+
+@dataclass
+class SearchResult:
+    best_params: dict[str, float]
+    best_value: float
+    best_result: dict[str, Any]
+    trials: list[TrialRecord] = field(default_factory=list)
+
+    @property
+    def sampler_nfe(self) -> int:
+        return int(sum(int(t.result["sampler_nfe"]) for t in self.trials))
+
+
+def check_space(space: SearchSpace) -> None:
+    """Every parameter needs ``low < high`` (and ``low > 0`` on a log scale)."""
+    if not space:
+        raise ConfigError("the search space is empty")
+    for name, box in space.items():
+        low, high, log = float(box["low"]), float(box["high"]), bool(box.get("log", False))
+        if not low < high or (log and low <= 0):
+            raise ConfigError(f"search range for {name!r} must have low < high (and low > 0 when log=true); "
+                              f"got low={low}, high={high}, log={log}")
+
+
+def _scalars(result: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in result.items() if isinstance(v, (int, float, str, bool)) or v is None}
+
+
+class SearchEstimator:
+    """Base class of the search baselines: subclasses choose the optuna sampler."""
+
+    def __init__(self, name: str, n_trials: int | None = None, timeout_s: float | None = None, seed: int = 0) -> None:
+        if n_trials is not None and n_trials < 1:
+            raise ConfigError(f"upper_estimator.n_trials must be >= 1 (got {n_trials})")
+        if timeout_s is not None and timeout_s <= 0:
+            raise ConfigError(f"upper_estimator.timeout_s must be > 0 (got {timeout_s})")
+        self.name, self.n_trials, self.timeout_s, self.seed = name, n_trials, timeout_s, int(seed)
+
+    def make_sampler(self, space: SearchSpace, seed: int) -> optuna.samplers.BaseSampler:  # pragma: no cover
+        raise NotImplementedError
+
+    def sampler_seed(self, previous_trials: int) -> int:
+        """Seed of the sampler after ``previous_trials`` trials: shifted, so a resumed search draws new points."""
+        return self.seed + previous_trials
+
+    def max_trials(self, space: SearchSpace) -> int:
+        """The trial budget (subclasses may cap it, e.g. by the grid size)."""
+        if self.n_trials is None:
+            raise ConfigError(f"upper_estimator={self.name} needs n_trials")
+        return int(self.n_trials)
+
+    def search(self, space: SearchSpace, evaluate: Evaluate, ctx: RunContext) -> SearchResult:
+        """Minimise ``evaluate(params)["objective"]`` over ``space`` within the budget."""
+        check_space(space)
+        budget = self.max_trials(space)
+        storage = f"sqlite:///{(ctx.run_dir / STUDY_FILE).resolve()}"
+        try:
+            study = optuna.load_study(study_name=STUDY_NAME, storage=storage) if ctx.resume else None
+        except KeyError:  # resume=true but the job stopped before the study was created
+            study = None
+        previous = len(study.trials) if study is not None else 0
+        sampler = self.make_sampler(space, self.sampler_seed(previous))
+        if study is None:
+            try:
+                study = optuna.create_study(study_name=STUDY_NAME, storage=storage, sampler=sampler,
+                                            direction="minimize")
+            except optuna.exceptions.DuplicatedStudyError as err:
+                raise ConfigError(f"{ctx.run_dir / STUDY_FILE} already holds a search; pass resume=true to "
+                                  f"continue it or choose another hydra.run.dir") from err
+        else:
+            study.sampler = sampler
+        trials = self._restore(study, ctx)
+        start_wall = float(study.user_attrs.get("search_start_wall_clock_s", ctx.recorder.wall_clock()))
+        study.set_user_attr("search_start_wall_clock_s", start_wall)
+        distributions = {name: optuna.distributions.FloatDistribution(float(box["low"]), float(box["high"]),
+                                                                      log=bool(box.get("log", False)))
+                         for name, box in space.items()}
+        while len(trials) < budget and not self._out_of_time(ctx, start_wall) and not self._exhausted(study):
+            trial = study.ask(distributions)
+            params = {name: float(value) for name, value in trial.params.items()}
+            result = dict(evaluate(params))
+            if "objective" not in result or "sampler_nfe" not in result:
+                raise KeyError("evaluate(params) must return at least 'objective' and 'sampler_nfe'")
+            record = TrialRecord(len(trials), params, result)
+            trials.append(record)
+            trial.set_user_attr(_RESULT_ATTR, _scalars(result))
+            value = record.objective
+            study.tell(trial, value if math.isfinite(value) else None,
+                       state=TrialState.COMPLETE if math.isfinite(value) else TrialState.FAIL)
+            ctx.recorder.log(record.index, trial=record.index, **params, **_scalars(result))
+            study.set_user_attr(_WALL_ATTR, ctx.recorder.wall_clock())
+        if not trials:
+            raise ConfigError(f"upper_estimator={self.name}: the budget allowed no trial")
+        best = min(trials, key=lambda t: t.objective if math.isfinite(t.objective) else math.inf)
+        return SearchResult(best.params, best.objective, best.result, trials)
+
+    def _exhausted(self, study: optuna.Study) -> bool:
+        sampler = study.sampler
+        return isinstance(sampler, optuna.samplers.GridSampler) and sampler.is_exhausted(study)
+
+    def _out_of_time(self, ctx: RunContext, start_wall: float) -> bool:
+        return self.timeout_s is not None and ctx.recorder.wall_clock() - start_wall >= self.timeout_s
+
+    @staticmethod
+    def _restore(study: optuna.Study, ctx: RunContext) -> list[TrialRecord]:
+        """Trials evaluated before a stop (in order); a trial cut off mid-evaluation is failed and queued again."""
+        done: list[TrialRecord] = []
+        for frozen in study.get_trials(deepcopy=False):
+            if _RESULT_ATTR in frozen.user_attrs:
+                done.append(TrialRecord(len(done), dict(frozen.params), dict(frozen.user_attrs[_RESULT_ATTR])))
+            elif frozen.state == TrialState.RUNNING:
+                study.tell(frozen.number, state=TrialState.FAIL)
+                study.enqueue_trial(dict(frozen.params))
+        if done or study.user_attrs.get(_WALL_ATTR) is not None:
+            ctx.recorder.resume_from(len(done) - 1, float(study.user_attrs.get(_WALL_ATTR, 0.0)))
+        return done
+
+
+def axis_values(box: Mapping[str, Any], num_points: int) -> list[float]:
+    """``num_points`` evenly spaced values over ``[low, high]`` (geometrically when ``log``)."""
+    low, high = float(box["low"]), float(box["high"])
+    if num_points == 1:
+        return [math.sqrt(low * high) if box.get("log", False) else (low + high) / 2]
+    grid = np.geomspace(low, high, num_points) if box.get("log", False) else np.linspace(low, high, num_points)
+    return [float(v) for v in grid]
+
+
+def grid_values(space: SearchSpace, values: Mapping[str, Sequence[float]] | None,
+                num_points: int) -> dict[str, list[float]]:
+    """The grid per parameter: ``values[name]`` when given, else :func:`axis_values` of its range."""
+    values = values or {}
+    unknown = set(values) - set(space)
+    if unknown:
+        raise ConfigError(f"upper_estimator.values names parameters {sorted(unknown)} that are not searched "
+                          f"(searched: {sorted(space)})")
+    grid = {name: [float(v) for v in values[name]] if name in values else axis_values(box, num_points)
+            for name, box in space.items()}
+    for name, points in grid.items():
+        low, high = float(space[name]["low"]), float(space[name]["high"])
+        if not points or not all(low <= v <= high for v in points):
+            raise ConfigError(f"grid values for {name!r} must be non-empty and inside [{low}, {high}] (got {points})")
+    return grid
