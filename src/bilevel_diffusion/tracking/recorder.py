@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import secrets
 import time
 from pathlib import Path
 from typing import Any
@@ -43,7 +44,7 @@ class Recorder:
         import wandb
 
         id_file = self.run_dir / "wandb_id.txt"
-        run_id = id_file.read_text().strip() if id_file.exists() else wandb.util.generate_id()
+        run_id = id_file.read_text().strip() if id_file.exists() else secrets.token_hex(4)
         id_file.write_text(run_id)
         return wandb.init(project=logger.project, entity=logger.get("entity"), mode=logger.mode,
                           dir=str(self.run_dir), name=job_name, id=run_id, resume="allow",

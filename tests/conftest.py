@@ -1,0 +1,59 @@
+"""Shared helpers: compose the real configs, and run ``run.py`` in a subprocess like a user would."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "configs"
+os.environ.setdefault("BILEVEL_ROOT", str(ROOT))
+sys.path.insert(0, str(ROOT / "src"))
+
+
+def compose(*overrides: str):
+    """The real config, composed with ``overrides`` (Hydra's compose API, config.yaml as the root)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        return hydra_compose(config_name="config", overrides=list(overrides), return_hydra_config=False)
+
+
+def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """``python run.py ARGS`` from the repository root (the classifier cache is shared across tests)."""
+    env = {**os.environ, "BILEVEL_ROOT": str(ROOT), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
+    return subprocess.run([sys.executable, str(ROOT / "run.py"), *args], capture_output=True, text=True,
+                          timeout=timeout, env=env, cwd=ROOT)
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line]
+
+
+def assert_run_contract(run_dir: Path, task: str, method: str) -> dict:
+    """Every file of SPEC §5 is there and well-formed; returns summary.json."""
+    from omegaconf import OmegaConf
+
+    for name in ("config.yaml", "metrics.jsonl", "summary.json"):
+        assert (run_dir / name).is_file(), f"{name} missing in {run_dir}"
+    cfg = OmegaConf.load(run_dir / "config.yaml")
+    assert cfg.task.name == task
+    rows = read_jsonl(run_dir / "metrics.jsonl")
+    assert rows and all({"step", "wall_clock_s"} <= set(row) for row in rows)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    for key in ("task", "method", "seed", "objective", "wall_clock_s", "sampler_nfe"):
+        assert key in summary, f"summary.json lacks {key}"
+    assert summary["task"] == task and summary["method"] == method
+    assert list(run_dir.glob("*.png")), "no PNG written"
+    return summary
+
+
+@pytest.fixture
+def smoke_args():
+    return ["experiment=smoke", "hardware=cpu", "logger=none"]

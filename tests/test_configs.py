@@ -1,0 +1,37 @@
+"""Every config file composes, and the components it names can be built."""
+
+from __future__ import annotations
+
+import pytest
+from hydra.utils import instantiate
+
+from conftest import CONFIGS, compose
+
+GROUPS = sorted(p.name for p in CONFIGS.iterdir() if p.is_dir())
+OPTIONS = [(group, f.stem) for group in GROUPS for f in sorted((CONFIGS / group).glob("*.yaml"))]
+
+
+@pytest.mark.parametrize("group,option", OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
+def test_every_config_file_composes(group: str, option: str) -> None:
+    cfg = compose(f"{group}={option}")
+    assert cfg.task.name
+    assert cfg.upper_estimator.name
+
+
+def test_groups_of_the_design_are_there() -> None:
+    assert {"task", "lower_solver", "upper_estimator", "schedule", "hardware", "logger", "experiment"} <= set(GROUPS)
+
+
+@pytest.mark.parametrize("schedule", ["linear", "cosine", "sigmoid"])
+def test_fixed_schedules_instantiate_with_a_valid_alpha_bar(schedule: str) -> None:
+    sched = instantiate(compose(f"schedule={schedule}").schedule)
+    abar = sched.alphas_cumprod()
+    assert abar.shape == (1000,)
+    assert bool((abar[1:] <= abar[:-1]).all()), "alpha_bar must not increase"
+    assert 0.98 < float(abar[0]) <= 1.0 and float(abar[-1]) < 0.01, "schedule must end near pure noise"
+
+
+def test_default_model_is_a_diffusers_unet_of_one_to_two_million_parameters() -> None:
+    model = instantiate(compose().model)
+    assert type(model.unet).__name__ == "UNet2DModel"
+    assert 1_000_000 <= model.num_parameters <= 2_000_000

@@ -1,0 +1,76 @@
+"""``task=train_mnist`` through run.py: the run contract, resume after a stop, bad input."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+from conftest import ROOT, assert_run_contract, read_jsonl, run_cli
+
+
+def test_smoke_run_writes_the_run_contract(tmp_path, smoke_args) -> None:
+    result = run_cli("task=train_mnist", *smoke_args, f"hydra.run.dir={tmp_path}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    summary = assert_run_contract(tmp_path, "train_mnist", "fixed")
+    assert summary["fid"] > 0 and summary["is"] >= 1.0 and summary["objective"] == summary["fid"]
+    assert summary["sampler_nfe"] == 32 * 3
+    assert summary["schedule"]["name"] == "cosine" and summary["fid_features"].startswith("mnist_classifier")
+    assert (tmp_path / "samples.png").is_file() and (tmp_path / "checkpoints" / "last.pt").is_file()
+    assert [row["step"] for row in read_jsonl(tmp_path / "metrics.jsonl") if "loss" in row] == [2, 4, 6]
+
+
+def test_resume_after_sigkill_gives_the_numbers_of_an_uninterrupted_run(tmp_path, smoke_args) -> None:
+    args = [*smoke_args, "lower_solver.num_steps=40", "task.checkpoint_every=10", "task.log_every=5"]
+    straight = tmp_path / "straight"
+    assert run_cli(*args, f"hydra.run.dir={straight}").returncode == 0
+
+    stopped = tmp_path / "stopped"
+    proc = subprocess.Popen([sys.executable, str(ROOT / "run.py"), *args, f"hydra.run.dir={stopped}"],
+                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    checkpoint = stopped / "checkpoints" / "last.pt"
+    deadline = time.time() + 120
+    while not checkpoint.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (stopped / "summary.json").exists(), "the run finished before it could be stopped"
+
+    refused = run_cli(*args, f"hydra.run.dir={stopped}")
+    assert refused.returncode == 2 and "resume=true" in refused.stderr
+
+    resumed = run_cli(*args, f"hydra.run.dir={stopped}", "resume=true")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    a = json.loads((straight / "summary.json").read_text())
+    b = json.loads((stopped / "summary.json").read_text())
+    assert a["fid"] == b["fid"] and a["is"] == b["is"]
+    losses = lambda d: [(r["step"], r["loss"]) for r in read_jsonl(d / "metrics.jsonl") if "loss" in r]  # noqa: E731
+    assert losses(straight) == losses(stopped), "no lost and no repeated step"
+
+
+def test_unknown_task_is_one_clear_error() -> None:
+    result = run_cli("task=no_such_task")
+    assert result.returncode != 0
+    assert "no_such_task" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_negative_learning_rate_is_one_clear_error(tmp_path, smoke_args) -> None:
+    result = run_cli(*smoke_args, "lower_solver.lr=-1", f"hydra.run.dir={tmp_path}")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == "error: lower_solver.lr must be > 0 (got -1)"
+
+
+def test_multirun_sweep_logs_one_wandb_run_per_job(tmp_path, smoke_args) -> None:
+    result = run_cli("-m", "task=train_mnist", *smoke_args, "logger=wandb", "seed=0,1", "eval.num_samples=8",
+                     "eval.batch_size=8", f"hydra.sweep.dir={tmp_path}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    ids = []
+    for job in ("0", "1"):
+        summary = assert_run_contract(tmp_path / job, "train_mnist", "fixed")
+        assert summary["seed"] == int(job)
+        runs = list((tmp_path / job / "wandb").glob("offline-run-*"))
+        ids.append((tmp_path / job / "wandb_id.txt").read_text())
+        assert len(runs) == 1 and (runs[0] / f"run-{ids[-1]}.wandb").is_file()
+    assert ids[0] != ids[1]
