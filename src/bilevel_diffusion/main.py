@@ -44,5 +44,8 @@ def run_job(cfg: DictConfig) -> float:
     finally:
         recorder.close(exit_code)
     objective = float(summary["objective"])
-    print(f"[{task.name}] objective={objective:.4f}  results in {run_dir}")
+    images = ", ".join(sorted(p.name for p in run_dir.glob("*.png")))
+    print(f"[{task.name} / {cfg.upper_estimator.name}] objective={objective:.4f}\n"
+          f"  summary: {run_dir / 'summary.json'}\n  metrics: {run_dir / 'metrics.jsonl'}\n"
+          f"  images:  {run_dir}/{{{images}}}")
     return objective if math.isfinite(objective) else float("inf")
