@@ -152,7 +152,7 @@ class SearchEstimator:
             value = record.objective
             study.tell(trial, value if math.isfinite(value) else None,
                        state=TrialState.COMPLETE if math.isfinite(value) else TrialState.FAIL)
-            ctx.recorder.log(record.index, trial=record.index, **params, **_scalars(result))
+            ctx.recorder.log(record.index, **{"trial": record.index, **params, **_scalars(result)})
             study.set_user_attr(_WALL_ATTR, ctx.recorder.wall_clock())
         if not trials:
             raise ConfigError(f"upper_estimator={self.name}: the budget allowed no trial")

@@ -1,0 +1,176 @@
+"""``upper_estimator=closed_form``: the sample-efficient hyper-gradient of Scenario A (paper Alg. 2, Eq. 13).
+
+Problem (SPEC §1.1): ``min_{lambda >= lambda_min} F(lambda) = -E_{p_lambda}[r1]`` with
+``p_lambda ∝ p_pre exp(r2 / lambda)``. Derivation of the exact gradient: ``d/dlambda log p_lambda(u) =
+-r2(u)/lambda^2 + E_{p_lambda}[r2]/lambda^2``, hence
+
+    dF/dlambda = -E_{p_lambda}[r1 * d log p_lambda / dlambda] = Cov_{p_lambda}(r1, r2) / lambda^2.
+
+Penalty form (gamma < inf): with ``h = r2 + r1/gamma`` and ``p_h ∝ p_pre exp(h / lambda)``, the penalised value
+``F_gamma = gamma lambda (log Z_r2 - log Z_h)``, ``Z_h = E_pre[exp(h/lambda)]``, has (Danskin) the gradient
+
+    dF_gamma/dlambda = gamma [KL(p_h || p_pre) - KL(p_r2 || p_pre)],   KL(p_h || p_pre) = E_{p_h}[h]/lambda - log Z_h,
+
+which tends to ``Cov(r1, r2)/lambda^2`` as gamma -> inf.
+
+Monte Carlo: every expectation is a self-normalised importance average over one pool of samples with rewards
+(r1_i, r2_i), computed in log space (softmax / logsumexp), so lambda from 1e-4 to 1e4 gives finite numbers. The pool
+may come from ``p_pre`` (``lam_ref=None``, Alg. 2) or from the guided sampler at ``lam_ref`` (a refresh): then the
+proposal is ``p_pre exp(r2/lam_ref)`` up to a constant, every log-weight gets ``- r2/lam_ref`` and the unknown
+normalising constants cancel in the KL difference.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from bilevel_diffusion.checkpoint import load_checkpoint, save_checkpoint
+from bilevel_diffusion.errors import ConfigError
+from bilevel_diffusion.runtime import RunContext
+
+
+@dataclass
+class RewardPool:
+    """Rewards of N samples drawn from ``p_pre exp(r2 / lam_ref)`` (``lam_ref=None``: from ``p_pre``)."""
+
+    r1: torch.Tensor
+    r2: torch.Tensor
+    lam_ref: float | None = None
+    nfe: int = 0          # sampler network evaluations spent drawing this pool
+
+    def log_proposal(self) -> torch.Tensor:
+        """log of the proposal density relative to p_pre, up to a constant."""
+        r2 = self.r2.double()
+        return r2 / self.lam_ref if self.lam_ref is not None else torch.zeros_like(r2)
+
+
+@dataclass
+class HyperGradient:
+    grad: float          # dF/dlambda (or dF_gamma/dlambda)
+    ess: float           # effective sample size of the p_lambda weights
+    objective: float     # F(lambda) = -E_{p_lambda}[r1], self-normalised estimate
+
+
+def tilt_weights(values: torch.Tensor, lam: float, pool: RewardPool) -> torch.Tensor:
+    """Self-normalised weights of ``p_pre exp(values / lam)`` for the pool's samples (softmax in log space)."""
+    return torch.softmax(values.double() / lam - pool.log_proposal(), dim=0)
+
+
+def kl_to_pretrained(values: torch.Tensor, lam: float, pool: RewardPool) -> torch.Tensor:
+    """KL(p_v || p_pre) up to a constant that depends only on the pool (it cancels in differences)."""
+    log_w = values.double() / lam - pool.log_proposal()
+    return (torch.softmax(log_w, dim=0) * values.double()).sum() / lam - torch.logsumexp(log_w, dim=0)
+
+
+def hypergradient(pool: RewardPool, lam: float, gamma: float | None = None) -> HyperGradient:
+    """Eq. 13: ``Cov(r1, r2)/lambda^2`` (``gamma=None``) or ``gamma [KL(p_h||p_pre) - KL(p_r2||p_pre)]``."""
+    r1, r2 = pool.r1.double(), pool.r2.double()
+    w = tilt_weights(r2, lam, pool)
+    mean1 = (w * r1).sum()
+    if gamma is None:
+        grad = (w * (r1 - mean1) * (r2 - (w * r2).sum())).sum() / lam**2
+    else:
+        grad = gamma * (kl_to_pretrained(r2 + r1 / gamma, lam, pool) - kl_to_pretrained(r2, lam, pool))
+    return HyperGradient(float(grad), float(1.0 / (w**2).sum()), float(-mean1))
+
+
+@dataclass
+class BilevelTrace:
+    """The lambda iterates of :meth:`ClosedFormEstimator.optimise` (one row per step)."""
+
+    lam: float
+    lambdas: list[float] = field(default_factory=list)
+    grads: list[float] = field(default_factory=list)
+    ess: list[float] = field(default_factory=list)
+    nfe: int = 0          # summed over every pool drawn
+    pools: list[RewardPool] = field(default_factory=list)  # the last pools (for plots of E_{p_lambda}[r])
+
+
+class ClosedFormEstimator:
+    """Projected first-order steps on lambda with the Monte Carlo hyper-gradient (paper Alg. 2).
+
+    ``param=log`` steps on ``theta = log lambda`` (gradient ``lambda dF/dlambda``; scale-free), ``param=linear`` on
+    lambda itself. The optimiser is torch's Adam or SGD with a cosine-annealed step size; after each step lambda is
+    projected onto ``[lambda_min, lambda_max]``. ``refresh_every = k > 0`` redraws the pool from the guided sampler
+    at the current lambda every k steps (importance samples from p_lambda).
+    """
+
+    def __init__(self, name: str = "closed_form", lambda_init: float = 5.0, lambda_min: float = 1e-3,
+                 lambda_max: float = 1e3, gamma: float | None = None, num_steps: int = 100, lr: float = 0.1,
+                 optimizer: str = "adam", param: str = "log", refresh_every: int = 10,
+                 final_lr_fraction: float = 0.01) -> None:
+        if not 0 < lambda_min < lambda_max:
+            raise ConfigError(f"need 0 < upper_estimator.lambda_min < lambda_max (got {lambda_min}, {lambda_max})")
+        if not lambda_min <= lambda_init <= lambda_max:
+            raise ConfigError(f"upper_estimator.lambda_init={lambda_init} is outside [{lambda_min}, {lambda_max}]")
+        if gamma is not None and gamma <= 0:
+            raise ConfigError(f"upper_estimator.gamma must be > 0, or null for the gamma -> inf limit (got {gamma})")
+        if optimizer not in ("adam", "sgd") or param not in ("log", "linear"):
+            raise ConfigError(f"upper_estimator.optimizer must be adam|sgd and param log|linear "
+                              f"(got {optimizer!r}, {param!r})")
+        if num_steps < 1 or lr <= 0 or refresh_every < 0:
+            raise ConfigError("upper_estimator needs num_steps >= 1, lr > 0 and refresh_every >= 0")
+        self.name, self.lambda_init, self.lambda_min, self.lambda_max = name, lambda_init, lambda_min, lambda_max
+        self.gamma, self.num_steps, self.lr, self.optimizer, self.param = gamma, num_steps, lr, optimizer, param
+        self.refresh_every, self.final_lr_fraction = refresh_every, final_lr_fraction
+
+    def _to_lambda(self, theta: torch.Tensor) -> float:
+        return float(theta.detach().exp()) if self.param == "log" else float(theta.detach())
+
+    def optimise(self, draw: Callable[[float | None, int], Sequence[RewardPool]], ctx: RunContext,
+                 log_every: int = 1, checkpoint_every: int = 0) -> BilevelTrace:
+        """Run the loop; ``draw(lam_ref, step)`` returns one pool per prompt (``lam_ref=None``: pre-trained
+        samples; ``step``: the bilevel step, for seeding).
+
+        With several prompts lambda is shared and F is their average, so the gradient is the average too.
+        ``checkpoint_every = k > 0`` saves the loop (lambda, optimiser, pools, trace) to ``ctx.checkpoint_path``
+        every k steps; with ``ctx.resume`` the loop continues from there.
+        """
+        theta = torch.tensor(math.log(self.lambda_init) if self.param == "log" else self.lambda_init,
+                             dtype=torch.float64, requires_grad=True)
+        optim = (torch.optim.Adam if self.optimizer == "adam" else torch.optim.SGD)([theta], lr=self.lr)
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optim, T_max=self.num_steps,
+                                                              eta_min=self.lr * self.final_lr_fraction)
+        bounds = ((math.log(self.lambda_min), math.log(self.lambda_max)) if self.param == "log"
+                  else (self.lambda_min, self.lambda_max))
+        start = 0
+        if ctx.resume and ctx.checkpoint_path.exists():
+            state = load_checkpoint(ctx.checkpoint_path)
+            with torch.no_grad():
+                theta.copy_(state["theta"])
+            optim.load_state_dict(state["optim"])
+            schedule.load_state_dict(state["schedule"])
+            pools, trace, start = state["pools"], state["trace"], state["step"]
+            ctx.recorder.resume_from(start - 1, state["wall_clock_s"])
+        else:
+            pools = list(draw(None, 0))
+            trace = BilevelTrace(self.lambda_init, nfe=sum(p.nfe for p in pools))
+        for step in range(start, self.num_steps):
+            lam = self._to_lambda(theta)
+            if self.refresh_every and step > 0 and step % self.refresh_every == 0:
+                pools = list(draw(lam, step))
+                trace.nfe += sum(p.nfe for p in pools)
+            estimates = [hypergradient(pool, lam, self.gamma) for pool in pools]
+            grad = sum(e.grad for e in estimates) / len(estimates)
+            ess = min(e.ess for e in estimates)
+            theta.grad = torch.tensor(grad * lam if self.param == "log" else grad, dtype=torch.float64)
+            optim.step()
+            schedule.step()
+            with torch.no_grad():
+                theta.clamp_(*bounds)
+            trace.lambdas.append(lam)
+            trace.grads.append(grad)
+            trace.ess.append(ess)
+            if step % log_every == 0 or step + 1 == self.num_steps:
+                ctx.recorder.log(step, **{"lambda": lam, "hypergrad": grad, "ess": ess,
+                                          "objective_mc": sum(e.objective for e in estimates) / len(estimates)})
+            if checkpoint_every and ((step + 1) % checkpoint_every == 0 or step + 1 == self.num_steps):
+                save_checkpoint({"theta": theta.detach(), "optim": optim.state_dict(),
+                                 "schedule": schedule.state_dict(), "pools": pools, "trace": trace,
+                                 "step": step + 1, "wall_clock_s": ctx.recorder.wall_clock()}, ctx.checkpoint_path)
+        trace.lam, trace.pools = self._to_lambda(theta), pools
+        return trace
