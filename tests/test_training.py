@@ -58,3 +58,13 @@ def test_fid_feature_classifier_is_accurate_and_cached() -> None:
     card = json.loads((cache / "mnist_classifier.json").read_text())
     assert card["heldout_accuracy"] >= 0.98
     assert (cache / "mnist_classifier.safetensors").stat().st_size > 0
+
+
+def test_inception_features_without_local_weights_is_one_clear_error(tmp_path) -> None:
+    import pytest
+
+    from bilevel_diffusion.errors import ConfigError
+    from bilevel_diffusion.metrics.image_quality import ImageQuality
+
+    with pytest.raises(ConfigError, match="metrics.fid.inception_path"):
+        ImageQuality(torch.zeros(4, 1, 28, 28), features="inception", inception_path=str(tmp_path / "missing.pth"))
