@@ -60,19 +60,21 @@ class NoiseScheduleMNIST:
 
     def run(self, cfg: DictConfig, ctx: RunContext) -> dict[str, Any]:
         estimator = instantiate(cfg.upper_estimator)
-        data = instantiate(cfg.data)
         schedule = instantiate(cfg.schedule)
+        if isinstance(estimator, SearchEstimator):
+            space = search_space(schedule)
+        elif not (isinstance(estimator, ZerothOrderEstimator) or cfg.upper_estimator.name == "fixed"):
+            raise ConfigError(f"task=noise_schedule_mnist runs upper_estimator=zeroth_order, grid, random, bayesian "
+                              f"or fixed (got {cfg.upper_estimator.name!r})")
         initial = with_params(schedule, schedule.as_dict())
+        data = instantiate(cfg.data)
         quality = build_image_quality(cfg, data.test_x, ctx)
         if isinstance(estimator, ZerothOrderEstimator):
             result = self._bilevel(cfg, ctx, estimator, schedule, data, quality)
         elif isinstance(estimator, SearchEstimator):
-            result = self._search(cfg, ctx, estimator, schedule, data, quality)
-        elif cfg.upper_estimator.name == "fixed":
-            result = self._fixed(cfg, ctx, schedule, data, quality)
+            result = self._search(cfg, ctx, estimator, space, schedule, data, quality)
         else:
-            raise ConfigError(f"task=noise_schedule_mnist runs upper_estimator=zeroth_order, grid, random, bayesian "
-                              f"or fixed (got {cfg.upper_estimator.name!r})")
+            result = self._fixed(cfg, ctx, schedule, data, quality)
         final = with_params(schedule, {k: v for k, v in result["schedule"].items() if k != "name"})
         curves = {f"{cfg.upper_estimator.name}: final": final, "initial": initial,
                   "standard cosine": CosineSchedule(start=0.0, end=1.0, tau=1.0, eps=0.008)}
@@ -91,8 +93,8 @@ class NoiseScheduleMNIST:
                 "report_nfe": report.sampler_nfe, "trainings": 1, "train_steps": trainer.solver.num_steps,
                 "train_steps_z": trainer.bilevel_outer, "theta_z_minus_theta_y": trainer.theta_distance()}
 
-    def _search(self, cfg: DictConfig, ctx: RunContext, estimator: SearchEstimator, schedule: NoiseSchedule,
-                data, quality: ImageQuality) -> dict[str, Any]:
+    def _search(self, cfg: DictConfig, ctx: RunContext, estimator: SearchEstimator, space: dict[str, Any],
+                schedule: NoiseSchedule, data, quality: ImageQuality) -> dict[str, Any]:
         (ctx.run_dir / "trial_samples").mkdir(exist_ok=True)
 
         def evaluate(params: dict[str, float]) -> dict[str, Any]:
@@ -104,7 +106,7 @@ class NoiseScheduleMNIST:
             return {"objective": report.fid, "fid": report.fid, "is": report.inception_score,
                     "is_std": report.inception_score_std, "sampler_nfe": report.sampler_nfe}
 
-        result = estimator.search(search_space(schedule), evaluate, ctx)
+        result = estimator.search(space, evaluate, ctx)
         best = result.best_result
         shutil.copyfile(ctx.run_dir / f"{_trial_grid_name(result.best_params)}.png", ctx.run_dir / "samples.png")
         ctx.recorder.log(len(result.trials), fid=best["fid"], inception_score=best["is"],

@@ -1,0 +1,159 @@
+"""``task=noise_schedule_mnist``: the Alg. 6 loop on a tiny model, and every method through run.py."""
+
+from __future__ import annotations
+
+import copy
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from hydra.utils import instantiate
+
+from bilevel_diffusion.errors import ConfigError
+from bilevel_diffusion.evaluation import build_image_quality
+from bilevel_diffusion.runtime import RunContext
+from bilevel_diffusion.tasks.noise_schedule_mnist import search_space
+from bilevel_diffusion.tasks.schedule_bilevel import ScheduleBilevel
+from bilevel_diffusion.tracking.recorder import Recorder
+from conftest import ROOT, assert_run_contract, compose, read_jsonl, run_cli
+
+TINY = ["task=noise_schedule_mnist", "experiment=smoke", "hardware=cpu", "upper_estimator.n_obj=4",
+        "upper_estimator.obj_inference_steps=2", "upper_estimator.inner_steps=2", "lower_solver.num_steps=8",
+        "upper_estimator.warmup_fraction=0.25"]
+
+
+@pytest.fixture(scope="module")
+def make_trainer(tmp_path_factory):
+    """Builds a fresh Alg. 6 trainer on the tiny settings (data and FID statistics loaded once)."""
+    cfg = compose(*TINY)
+    data = instantiate(cfg.data)
+    quality = None
+
+    def make() -> ScheduleBilevel:
+        nonlocal quality
+        run_dir = tmp_path_factory.mktemp("bilevel")
+        ctx = RunContext(run_dir=run_dir, cache_dir=Path(cfg.paths.cache_dir), device=torch.device("cpu"),
+                         dtype=torch.float32, seed=0, resume=False, recorder=Recorder(run_dir, cfg))
+        quality = quality or build_image_quality(cfg, data.test_x, ctx)
+        return ScheduleBilevel(cfg, instantiate(cfg.upper_estimator), instantiate(cfg.schedule), data, quality, ctx)
+    return make
+
+
+def _flat(model: torch.nn.Module) -> torch.Tensor:
+    return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+
+def test_theta_z_is_a_persistent_copy_that_moves_and_differs_from_theta_y(make_trainer) -> None:
+    trainer = make_trainer()
+    assert (trainer.warmup_outer, trainer.bilevel_outer) == (1, 3)
+    warmup = trainer.step()
+    assert "objective_fid" not in warmup and trainer.schedule.as_dict() == trainer.initial_schedule
+    first = trainer.step()
+    assert first["gnorm_sm_z_q"] == first["gnorm_sm_y_q"], "theta_z starts as theta_y (same batch, t and eps)"
+    z_after_first = _flat(trainer.theta_z)
+    second = trainer.step()
+    third = trainer.step()
+    z_now = _flat(trainer.theta_z)
+    assert not torch.equal(z_now, z_after_first), "theta_z must move between bilevel steps"
+    assert not torch.equal(z_now, _flat(trainer.solver.model)) and trainer.theta_distance() > 0
+    assert second["gnorm_sm_z_q"] != second["gnorm_sm_y_q"]
+    assert trainer.optimizer_z.state, "theta_z has its own optimiser state"
+    assert trainer.schedule.as_dict() != trainer.initial_schedule, "the schedule moved"
+    for row in (first, second, third):
+        assert {"objective_fid", "gamma", "gnorm_zo_q", "gnorm_sm_z_q", "gnorm_sm_y_q", "schedule_tau"} <= set(row)
+        values = trainer.schedule.as_dict()
+        assert all(lo <= values[k] <= hi for k, (lo, hi) in trainer.schedule.bounds.items())
+    assert trainer.solver.step_count == 8 and trainer.objective_nfe == 3 * 4 * 4 * 2
+
+
+def test_the_bilevel_state_round_trip_continues_identically(make_trainer) -> None:
+    trainer = make_trainer()
+    for _ in range(2):
+        trainer.step()
+    state = copy.deepcopy(trainer.state_dict())
+    expected = [trainer.step() for _ in range(2)]
+    restored = make_trainer()
+    restored.load_state_dict(state)
+    assert [restored.step() for _ in range(2)] == expected
+
+
+def test_zeroth_order_smoke_run_writes_the_run_contract(tmp_path, smoke_args) -> None:
+    result = run_cli("task=noise_schedule_mnist", *smoke_args, f"hydra.run.dir={tmp_path}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    summary = assert_run_contract(tmp_path, "noise_schedule_mnist", "zeroth_order")
+    assert summary["objective"] == summary["fid"] > 0 and summary["is"] >= 1.0
+    assert summary["sampler_nfe"] == summary["objective_nfe"] + summary["report_nfe"] > summary["report_nfe"]
+    assert set(summary["schedule"]) == {"name", "start", "end", "tau", "eps"} and summary["trainings"] == 1
+    assert summary["theta_z_minus_theta_y"] > 0
+    assert (tmp_path / "samples.png").is_file() and (tmp_path / "schedule.png").is_file()
+    rows = [r for r in read_jsonl(tmp_path / "metrics.jsonl") if "objective_fid" in r]
+    assert rows and all({"gamma", "gnorm_zo_q", "gnorm_sm_z_q", "gnorm_sm_y_q", "schedule_start"} <= set(r)
+                        for r in rows)
+
+
+@pytest.mark.slow
+def test_every_search_baseline_runs_through_run_py(tmp_path, smoke_args) -> None:
+    result = run_cli("-m", "task=noise_schedule_mnist", *smoke_args, "upper_estimator=grid,random,bayesian",
+                     "++upper_estimator.n_trials=2", f"hydra.sweep.dir={tmp_path}", "hydra.sweep.subdir=${hydra.job.num}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    for num, method in enumerate(("grid", "random", "bayesian")):
+        run_dir = tmp_path / str(num)
+        summary = assert_run_contract(run_dir, "noise_schedule_mnist", method)
+        trials = [r for r in read_jsonl(run_dir / "metrics.jsonl") if "trial" in r]
+        assert summary["trainings"] == len(trials) == 2
+        assert summary["fid"] == summary["objective"] == min(r["fid"] for r in trials)
+        assert summary["sampler_nfe"] == sum(r["sampler_nfe"] for r in trials)
+        assert (run_dir / "study.db").is_file() and (run_dir / "schedule.png").is_file()
+
+
+def test_a_search_needs_the_box_of_a_learned_schedule() -> None:
+    box = search_space(instantiate(compose("schedule=learned_cosine").schedule))
+    assert box["tau"] == {"low": 1.0, "high": 4.0, "log": False} and set(box) == {"start", "end", "tau", "eps"}
+    with pytest.raises(ConfigError, match="schedule.bounds"):
+        search_space(instantiate(compose("schedule=cosine").schedule))
+
+
+def _kill_when(cmd: list[str], ready, timeout: float = 300) -> None:
+    proc = subprocess.Popen([sys.executable, str(ROOT / "run.py"), *cmd], cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + timeout
+    while not ready() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+
+@pytest.mark.slow
+def test_a_killed_bayesian_study_resumes_and_finishes_its_budget_without_repeats(tmp_path, smoke_args) -> None:
+    args = ["task=noise_schedule_mnist", *smoke_args, "upper_estimator=bayesian", "upper_estimator.n_trials=5",
+            "upper_estimator.n_startup_trials=2", f"hydra.run.dir={tmp_path}"]
+    trial_lines = lambda: [r for r in read_jsonl(tmp_path / "metrics.jsonl") if "trial" in r]  # noqa: E731
+    _kill_when(args, lambda: (tmp_path / "metrics.jsonl").exists() and len(trial_lines()) >= 3)
+    assert not (tmp_path / "summary.json").exists(), "the search finished before it could be stopped"
+    resumed = run_cli(*args, "resume=true")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    trials = trial_lines()
+    assert [r["trial"] for r in trials] == [0, 1, 2, 3, 4]
+    points = {(r["start"], r["end"], r["tau"], r["eps"]) for r in trials}
+    assert len(points) == 5, "no trial repeated"
+    assert json.loads((tmp_path / "summary.json").read_text())["trainings"] == 5
+
+
+@pytest.mark.slow
+def test_a_killed_bilevel_run_resumes_to_the_numbers_of_an_uninterrupted_run(tmp_path, smoke_args) -> None:
+    args = [*TINY, "lower_solver.num_steps=16", "task.checkpoint_every=4"]
+    straight, stopped = tmp_path / "straight", tmp_path / "stopped"
+    assert run_cli(*args, f"hydra.run.dir={straight}").returncode == 0
+    checkpoint = stopped / "checkpoints" / "last.pt"
+    _kill_when([*args, f"hydra.run.dir={stopped}"], checkpoint.exists)
+    assert not (stopped / "summary.json").exists(), "the run finished before it could be stopped"
+    assert run_cli(*args, f"hydra.run.dir={stopped}", "resume=true").returncode == 0
+    a, b = (json.loads((d / "summary.json").read_text()) for d in (straight, stopped))
+    assert a["fid"] == b["fid"] and a["schedule"] == b["schedule"] and a["sampler_nfe"] == b["sampler_nfe"]
+    strip = lambda d: [{k: v for k, v in r.items() if k != "wall_clock_s"} for r in read_jsonl(d / "metrics.jsonl")]  # noqa: E731
+    assert strip(straight) == strip(stopped), "no lost and no repeated step"
