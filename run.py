@@ -10,7 +10,7 @@ from omegaconf import DictConfig
 os.environ.setdefault("BILEVEL_ROOT", str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent / "src"))
 
-from bilevel_diffusion.errors import find_config_error  # noqa: E402
+from bilevel_diffusion.errors import ConfigError, find_user_error  # noqa: E402
 from bilevel_diffusion.main import run_job  # noqa: E402
 
 
@@ -18,12 +18,12 @@ from bilevel_diffusion.main import run_job  # noqa: E402
 def main(cfg: DictConfig) -> float:
     try:
         return run_job(cfg)
-    except Exception as err:  # bad input (possibly wrapped by hydra.utils.instantiate): one line, exit 2
-        config_error = find_config_error(err)
-        if config_error is None:
+    except Exception as err:  # bad input (exit 2) or a NaN/Inf (exit 3): one line, possibly wrapped by instantiate
+        user_error = find_user_error(err)
+        if user_error is None:
             raise
-        print(f"error: {config_error}", file=sys.stderr)
-        sys.exit(2)
+        print(f"error: {user_error}", file=sys.stderr)
+        sys.exit(2 if isinstance(user_error, ConfigError) else 3)
 
 
 if __name__ == "__main__":

@@ -74,3 +74,18 @@ def test_multirun_sweep_logs_one_wandb_run_per_job(tmp_path, smoke_args) -> None
         ids.append((tmp_path / job / "wandb_id.txt").read_text())
         assert len(runs) == 1 and (runs[0] / f"run-{ids[-1]}.wandb").is_file()
     assert ids[0] != ids[1]
+
+
+def test_diverging_run_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_path, smoke_args) -> None:
+    import torch
+
+    result = run_cli(*smoke_args, "lower_solver.lr=1e30", "lower_solver.pct_start=0.01", "task.checkpoint_every=1",
+                     f"hydra.run.dir={tmp_path}")
+    assert result.returncode == 3, result.stderr[-2000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: non-finite score-matching") and "at step" in last
+    bad_step = int(last.split("at step ")[1].split(";")[0])
+    state = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=False)
+    assert state["step"] == bad_step - 1
+    assert all(torch.isfinite(v).all() for v in state["solver"]["model"].values() if v.is_floating_point())
+    assert not (tmp_path / "summary.json").exists()

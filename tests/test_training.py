@@ -68,3 +68,36 @@ def test_inception_features_without_local_weights_is_one_clear_error(tmp_path) -
 
     with pytest.raises(ConfigError, match="metrics.fid.inception_path"):
         ImageQuality(torch.zeros(4, 1, 28, 28), features="inception", inception_path=str(tmp_path / "missing.pth"))
+
+
+class _NaNAfter(torch.nn.Module):
+    """Wraps a model so that its output turns NaN from the ``n``-th call on."""
+
+    def __init__(self, model: torch.nn.Module, n: int) -> None:
+        super().__init__()
+        self.model, self.n, self.calls = model, n, 0
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        out = self.model(x, t)
+        return out * float("nan") if self.calls >= self.n else out
+
+
+def test_nonfinite_loss_stops_before_touching_the_weights_or_skips_the_batch() -> None:
+    import pytest
+    from hydra.utils import instantiate
+
+    from bilevel_diffusion.errors import NumericalFault
+
+    cfg = compose("experiment=smoke")
+    solver = instantiate(cfg.lower_solver, model=_NaNAfter(instantiate(cfg.model), 2))
+    _train(solver, 1, torch.Generator().manual_seed(0))
+    before = {k: v.clone() for k, v in solver.model.state_dict().items()}
+    with pytest.raises(NumericalFault, match="non-finite score-matching loss at step 2"):
+        _train(solver, 1, torch.Generator().manual_seed(0))
+    assert all(torch.equal(before[k], v) for k, v in solver.model.state_dict().items())
+
+    skipping = instantiate(cfg.lower_solver, model=_NaNAfter(instantiate(cfg.model), 2), on_nonfinite="skip")
+    losses = _train(skipping, 3, torch.Generator().manual_seed(0))
+    assert losses[0] == losses[0] and all(loss != loss for loss in losses[1:])
+    assert skipping.skipped_steps == 2 and skipping.step_count == 3

@@ -1,4 +1,4 @@
-"""The one exception type that means "the user asked for something wrong": run.py prints it as one line and exits 2."""
+"""Errors that run.py reports as one line: bad input (exit 2) and numerical faults (exit 3)."""
 
 from __future__ import annotations
 
@@ -7,11 +7,15 @@ class ConfigError(ValueError):
     """Bad input (config value, missing file or folder, occupied run directory)."""
 
 
-def find_config_error(err: BaseException) -> ConfigError | None:
-    """The ConfigError behind ``err``, also when Hydra's instantiate wrapped it in its own exception."""
+class NumericalFault(RuntimeError):
+    """NaN or Inf in a loss, gradient, reward or hyper-parameter; the message names the step and the quantity."""
+
+
+def find_user_error(err: BaseException) -> ConfigError | NumericalFault | None:
+    """The ConfigError or NumericalFault behind ``err``, also when Hydra's instantiate wrapped it."""
     seen: set[int] = set()
     while err is not None and id(err) not in seen:
-        if isinstance(err, ConfigError):
+        if isinstance(err, (ConfigError, NumericalFault)):
             return err
         seen.add(id(err))
         err = err.__cause__ or err.__context__

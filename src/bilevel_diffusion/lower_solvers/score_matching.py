@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from diffusers.training_utils import EMAModel
 from torch import nn
 
-from bilevel_diffusion.errors import ConfigError
+from bilevel_diffusion.errors import ConfigError, NumericalFault
 
 
 def score_matching_loss(model: nn.Module, alphas_cumprod: torch.Tensor, x0: torch.Tensor,
@@ -31,18 +31,23 @@ class ScoreMatchingSolver:
     """Trains ``model`` by score matching under a (fixed) schedule; keeps an EMA copy for sampling."""
 
     def __init__(self, model: nn.Module, num_steps: int, batch_size: int, lr: float, weight_decay: float = 0.0,
-                 pct_start: float = 0.25, ema_decay: float = 0.999, grad_clip: float | None = 1.0) -> None:
+                 pct_start: float = 0.25, ema_decay: float = 0.999, grad_clip: float | None = 1.0,
+                 on_nonfinite: str = "stop") -> None:
         if lr <= 0:
             raise ConfigError(f"lower_solver.lr must be > 0 (got {lr})")
         if batch_size < 1 or num_steps < 0:
             raise ConfigError(f"lower_solver.batch_size must be >= 1 and num_steps >= 0 "
                               f"(got {batch_size}, {num_steps})")
+        if on_nonfinite not in ("stop", "skip"):
+            raise ConfigError(f"lower_solver.on_nonfinite must be stop or skip (got {on_nonfinite!r})")
         if not 0.0 <= ema_decay < 1.0:
             raise ConfigError(f"lower_solver.ema_decay must be in [0, 1) (got {ema_decay})")
         self.model = model
         self.num_steps = int(num_steps)
         self.batch_size = int(batch_size)
         self.grad_clip = grad_clip
+        self.on_nonfinite = on_nonfinite
+        self.skipped_steps = 0
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
         self.lr_scheduler = (torch.optim.lr_scheduler.OneCycleLR(self.optimizer, max_lr=lr, total_steps=num_steps,
                                                                  pct_start=pct_start, anneal_strategy="cos")
@@ -51,19 +56,38 @@ class ScoreMatchingSolver:
         self.step_count = 0
 
     def step(self, x0: torch.Tensor, alphas_cumprod: torch.Tensor, generator: torch.Generator) -> float:
-        """One AdamW step on L_SM for the batch ``x0``; returns the loss."""
+        """One AdamW step on L_SM for the batch ``x0``; returns the loss.
+
+        A NaN/Inf loss or gradient raises :class:`NumericalFault` before any weight changes (``on_nonfinite=stop``),
+        or skips the batch (``on_nonfinite=skip``; the step still counts, so schedules stay aligned).
+        """
         self.model.train()
         loss = score_matching_loss(self.model, alphas_cumprod.detach(), x0, generator)
         self.optimizer.zero_grad(set_to_none=True)
+        if not torch.isfinite(loss):
+            return self._skip_nonfinite("loss")
         loss.backward()
-        if self.grad_clip:
-            nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+        grad_norm = nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip or float("inf"))
+        if not torch.isfinite(grad_norm):
+            self.optimizer.zero_grad(set_to_none=True)
+            return self._skip_nonfinite("gradient")
         self.optimizer.step()
         if self.lr_scheduler is not None:
             self.lr_scheduler.step()
         self.ema.step(self.model.parameters())
         self.step_count += 1
         return float(loss.detach())
+
+    def _skip_nonfinite(self, quantity: str) -> float:
+        message = f"non-finite score-matching {quantity} at step {self.step_count + 1}"
+        if self.on_nonfinite == "stop":
+            raise NumericalFault(f"{message}; the last good checkpoint is kept (lower_solver.on_nonfinite=skip "
+                                 f"skips such batches instead)")
+        self.skipped_steps += 1
+        self.step_count += 1
+        if self.lr_scheduler is not None:
+            self.lr_scheduler.step()
+        return float("nan")
 
     def ema_model(self) -> nn.Module:
         """A copy of the network carrying the EMA weights, in eval mode."""
