@@ -12,10 +12,10 @@ from bilevel_diffusion.schedules.family import CosineSchedule
 from conftest import ROOT, compose
 
 
-def _tiny_solver(seed: int) -> ScoreMatchingSolver:
+def _tiny_solver(seed: int, num_steps: int = 6) -> ScoreMatchingSolver:
     from hydra.utils import instantiate
 
-    cfg = compose("experiment=smoke")
+    cfg = compose("experiment=smoke", f"lower_solver.num_steps={num_steps}")
     torch.manual_seed(seed)
     return instantiate(cfg.lower_solver, model=instantiate(cfg.model))
 
@@ -101,3 +101,19 @@ def test_nonfinite_loss_stops_before_touching_the_weights_or_skips_the_batch() -
     losses = _train(skipping, 3, torch.Generator().manual_seed(0))
     assert losses[0] == losses[0] and all(loss != loss for loss in losses[1:])
     assert skipping.skipped_steps == 2 and skipping.step_count == 3
+
+
+def test_resident_memory_does_not_grow_over_training_steps() -> None:
+    import gc
+
+    def rss_mib() -> float:
+        gc.collect()
+        with open("/proc/self/statm") as handle:
+            return int(handle.read().split()[1]) * 4096 / 2**20
+
+    solver, generator = _tiny_solver(0, num_steps=200), torch.Generator().manual_seed(0)
+    _train(solver, 20, generator)
+    after_20 = rss_mib()
+    _train(solver, 180, generator)
+    assert solver.step_count == 200
+    assert rss_mib() - after_20 < 20, "memory grows with the number of steps"
