@@ -88,7 +88,7 @@ def test_zeroth_order_smoke_run_writes_the_run_contract(tmp_path, smoke_args) ->
     summary = assert_run_contract(tmp_path, "noise_schedule_mnist", "zeroth_order")
     assert summary["objective"] == summary["fid"] > 0 and summary["is"] >= 1.0
     assert summary["sampler_nfe"] == summary["objective_nfe"] + summary["report_nfe"] > summary["report_nfe"]
-    assert set(summary["schedule"]) == {"name", "start", "end", "tau", "eps"} and summary["trainings"] == 1
+    assert set(summary["schedule"]) == {"name", "start", "end", "tau", "eps"} and summary["trainings_used"] == 1
     assert summary["theta_z_minus_theta_y"] > 0
     assert (tmp_path / "samples.png").is_file() and (tmp_path / "schedule.png").is_file()
     rows = [r for r in read_jsonl(tmp_path / "metrics.jsonl") if "objective_fid" in r]
@@ -105,7 +105,7 @@ def test_every_search_baseline_runs_through_run_py(tmp_path, smoke_args) -> None
         run_dir = tmp_path / str(num)
         summary = assert_run_contract(run_dir, "noise_schedule_mnist", method)
         trials = [r for r in read_jsonl(run_dir / "metrics.jsonl") if "trial" in r]
-        assert summary["trainings"] == len(trials) == 2
+        assert summary["trainings_used"] == len(trials) == 2
         assert summary["fid"] == summary["objective"] == min(r["fid"] for r in trials)
         assert summary["sampler_nfe"] == sum(r["sampler_nfe"] for r in trials)
         assert (run_dir / "study.db").is_file() and (run_dir / "schedule.png").is_file()
@@ -141,7 +141,7 @@ def test_a_killed_bayesian_study_resumes_and_finishes_its_budget_without_repeats
     assert [r["trial"] for r in trials] == [0, 1, 2, 3, 4]
     points = {(r["start"], r["end"], r["tau"], r["eps"]) for r in trials}
     assert len(points) == 5, "no trial repeated"
-    assert json.loads((tmp_path / "summary.json").read_text())["trainings"] == 5
+    assert json.loads((tmp_path / "summary.json").read_text())["trainings_used"] == 5
 
 
 @pytest.mark.slow

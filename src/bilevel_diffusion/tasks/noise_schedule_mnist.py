@@ -90,7 +90,7 @@ class NoiseScheduleMNIST:
         ctx.recorder.log(trainer.solver.num_steps, fid=report.fid, inception_score=report.inception_score)
         return {**report_result(report, quality, cfg.eval, schedule),
                 "sampler_nfe": report.sampler_nfe + trainer.objective_nfe, "objective_nfe": trainer.objective_nfe,
-                "report_nfe": report.sampler_nfe, "trainings": 1, "train_steps": trainer.solver.num_steps,
+                "report_nfe": report.sampler_nfe, "trainings_used": 1, "train_steps": trainer.solver.num_steps,
                 "train_steps_z": trainer.bilevel_outer, "theta_z_minus_theta_y": trainer.theta_distance()}
 
     def _search(self, cfg: DictConfig, ctx: RunContext, estimator: SearchEstimator, space: dict[str, Any],
@@ -114,7 +114,7 @@ class NoiseScheduleMNIST:
         return {"objective": result.best_value, "fid": best["fid"], "is": best["is"], "is_std": best["is_std"],
                 "sampler_nfe": result.sampler_nfe, "fid_features": quality.label,
                 "eval_num_samples": cfg.eval.num_samples, "schedule": {"name": schedule.name, **result.best_params},
-                "trainings": len(result.trials), "train_steps": cfg.lower_solver.num_steps * len(result.trials)}
+                "trainings_used": len(result.trials), "train_steps": cfg.lower_solver.num_steps * len(result.trials)}
 
     def _fixed(self, cfg: DictConfig, ctx: RunContext, schedule: NoiseSchedule, data,
                quality: ImageQuality) -> dict[str, Any]:
@@ -122,5 +122,5 @@ class NoiseScheduleMNIST:
                                    ctx.checkpoint_path)
         report = report_samples(solver.ema_model(), schedule.betas(), quality, cfg.eval, ctx, cfg.sampler)
         ctx.recorder.log(solver.num_steps, fid=report.fid, inception_score=report.inception_score)
-        return {**report_result(report, quality, cfg.eval, schedule), "trainings": 1,
+        return {**report_result(report, quality, cfg.eval, schedule), "trainings_used": 1,
                 "train_steps": solver.num_steps}

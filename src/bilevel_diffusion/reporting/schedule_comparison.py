@@ -1,0 +1,89 @@
+"""Scenario B at equal compute: one table and three figures from the methods' run directories.
+
+Reads only ``config.yaml``, ``summary.json`` and ``metrics.jsonl`` (the run contract, SPEC §5), so it can be re-run
+on finished runs. Every FID here is the *reported* one (``eval.num_samples`` samples), never the in-loop objective.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from bilevel_diffusion.reporting.figures import plot_fid_over_wall_clock, plot_parameter_traces, plot_schedules
+from bilevel_diffusion.schedules.family import CosineSchedule, NoiseSchedule
+
+COLUMNS = [("reported FID", "fid"), ("IS", "is"), ("wall clock (s)", "wall_clock_s"),
+           ("trainings used", "trainings_used"), ("sampler NFEs", "sampler_nfe")]
+
+
+def _rows(run_dir: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
+
+
+def final_schedule(run_dir: Path) -> NoiseSchedule:
+    """The schedule a run ended with, as a fixed schedule of the run's family."""
+    params = {k: v for k, v in json.loads((run_dir / "summary.json").read_text())["schedule"].items() if k != "name"}
+    return instantiate(OmegaConf.load(run_dir / "config.yaml").schedule, learnable=False, **params)
+
+
+def _number(value: Any) -> str:
+    if not isinstance(value, (int, float)) or not math.isfinite(value):
+        return "–"
+    return f"{value:,.0f}" if abs(value) >= 1000 or isinstance(value, int) else f"{value:.2f}"
+
+
+def comparison_markdown(runs: Mapping[str, Path]) -> str:
+    """One row per method: reported FID, IS, wall clock, trainings, sampler NFEs and the final schedule."""
+    summaries = {label: json.loads((run_dir / "summary.json").read_text()) for label, run_dir in runs.items()}
+    header = ["method", *[title for title, _ in COLUMNS], "final schedule (start, end, tau, eps)"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for label, summary in summaries.items():
+        schedule = summary["schedule"]
+        params = ", ".join(f"{schedule[k]:.3f}" for k in ("start", "end", "tau", "eps") if k in schedule)
+        lines.append("| " + " | ".join([label, *[_number(summary.get(key)) for _, key in COLUMNS],
+                                        f"{schedule['name']} ({params})"]) + " |")
+    any_summary = next(iter(summaries.values()))
+    lines.append("")
+    lines.append(f"Reported FID/IS: {any_summary.get('eval_num_samples')} DDIM samples from fixed noise, features: "
+                 f"{any_summary.get('fid_features')}. Wall clock and NFEs include every training and sampler call.")
+    return "\n".join(lines) + "\n"
+
+
+def fid_over_wall_clock(run_dir: Path) -> list[tuple[float, float]]:
+    """(seconds, best reported FID so far) after each search trial, or the final point of a single run."""
+    trials = [row for row in _rows(run_dir) if "trial" in row and math.isfinite(row.get("fid", math.nan))]
+    if not trials:
+        summary = json.loads((run_dir / "summary.json").read_text())
+        return [(summary["wall_clock_s"], summary["fid"])]
+    best, points = math.inf, []
+    for row in trials:
+        best = min(best, row["fid"])
+        points.append((row["wall_clock_s"], best))
+    return points
+
+
+def write_comparison(runs: Mapping[str, Path], out_dir: Path) -> dict[str, Path]:
+    """``comparison.md`` plus ``schedules.png``, ``schedule_params.png`` and ``fid_vs_wall_clock.png`` in ``out_dir``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    table = out_dir / "comparison.md"
+    table.write_text(comparison_markdown(runs))
+    first = next(iter(runs.values()))
+    initial = json.loads((first / "summary.json").read_text())["initial_schedule"]
+    curves: dict[str, NoiseSchedule] = {f"{label}: final": final_schedule(run_dir) for label, run_dir in runs.items()}
+    curves["initial"] = instantiate(OmegaConf.load(first / "config.yaml").schedule, learnable=False, **initial)
+    curves["standard cosine"] = CosineSchedule(start=0.0, end=1.0, tau=1.0, eps=0.008)
+    traces = {label: _rows(run_dir) for label, run_dir in runs.items()
+              if any("objective_fid" in row for row in _rows(run_dir))}
+    return {"table": table,
+            "schedules": plot_schedules(curves, out_dir / "schedules.png", title="final schedules"),
+            "schedule_params": plot_parameter_traces(traces, ("start", "end", "tau", "eps"),
+                                                     out_dir / "schedule_params.png"),
+            "fid_vs_wall_clock": plot_fid_over_wall_clock(
+                {label: fid_over_wall_clock(run_dir) for label, run_dir in runs.items()},
+                out_dir / "fid_vs_wall_clock.png")}
