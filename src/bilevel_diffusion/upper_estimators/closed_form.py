@@ -96,13 +96,14 @@ class ClosedFormEstimator:
     ``param=log`` steps on ``theta = log lambda`` (gradient ``lambda dF/dlambda``; scale-free), ``param=linear`` on
     lambda itself. The optimiser is torch's Adam or SGD with a cosine-annealed step size; after each step lambda is
     projected onto ``[lambda_min, lambda_max]``. ``refresh_every = k > 0`` redraws the pool from the guided sampler
-    at the current lambda every k steps (importance samples from p_lambda).
+    at the current lambda every k steps (importance samples from p_lambda); ``refresh_min_ess = f > 0`` also
+    redraws it whenever the effective sample size of the weights falls below ``f N``.
     """
 
     def __init__(self, name: str = "closed_form", lambda_init: float = 5.0, lambda_min: float = 1e-3,
                  lambda_max: float = 1e3, gamma: float | None = None, num_steps: int = 100, lr: float = 0.1,
                  optimizer: str = "adam", param: str = "log", refresh_every: int = 10,
-                 final_lr_fraction: float = 0.01) -> None:
+                 refresh_min_ess: float = 0.0, final_lr_fraction: float = 0.01) -> None:
         if not 0 < lambda_min < lambda_max:
             raise ConfigError(f"need 0 < upper_estimator.lambda_min < lambda_max (got {lambda_min}, {lambda_max})")
         if not lambda_min <= lambda_init <= lambda_max:
@@ -112,11 +113,20 @@ class ClosedFormEstimator:
         if optimizer not in ("adam", "sgd") or param not in ("log", "linear"):
             raise ConfigError(f"upper_estimator.optimizer must be adam|sgd and param log|linear "
                               f"(got {optimizer!r}, {param!r})")
-        if num_steps < 1 or lr <= 0 or refresh_every < 0:
-            raise ConfigError("upper_estimator needs num_steps >= 1, lr > 0 and refresh_every >= 0")
+        if num_steps < 1 or lr <= 0 or refresh_every < 0 or not 0 <= refresh_min_ess < 1:
+            raise ConfigError("upper_estimator needs num_steps >= 1, lr > 0, refresh_every >= 0 and "
+                              "0 <= refresh_min_ess < 1")
         self.name, self.lambda_init, self.lambda_min, self.lambda_max = name, lambda_init, lambda_min, lambda_max
         self.gamma, self.num_steps, self.lr, self.optimizer, self.param = gamma, num_steps, lr, optimizer, param
-        self.refresh_every, self.final_lr_fraction = refresh_every, final_lr_fraction
+        self.refresh_every, self.refresh_min_ess, self.final_lr_fraction = (refresh_every, refresh_min_ess,
+                                                                           final_lr_fraction)
+
+    def _refresh_due(self, step: int, pools: Sequence[RewardPool], lam: float) -> bool:
+        """Every ``refresh_every`` steps, or when the weights at ``lam`` keep < ``refresh_min_ess`` of a pool."""
+        if step > 0 and self.refresh_every and step % self.refresh_every == 0:
+            return True
+        return any(pool.lam_ref != lam and float(1.0 / (tilt_weights(pool.r2, lam, pool) ** 2).sum())
+                   < self.refresh_min_ess * pool.r2.shape[0] for pool in pools)
 
     def _to_lambda(self, theta: torch.Tensor) -> float:
         return float(theta.detach().exp()) if self.param == "log" else float(theta.detach())
@@ -132,7 +142,10 @@ class ClosedFormEstimator:
         """
         theta = torch.tensor(math.log(self.lambda_init) if self.param == "log" else self.lambda_init,
                              dtype=torch.float64, requires_grad=True)
-        optim = (torch.optim.Adam if self.optimizer == "adam" else torch.optim.SGD)([theta], lr=self.lr)
+        # Adam with a short second-moment memory (beta2 = 0.9): the hyper-gradient's scale changes by orders of
+        # magnitude along the path (it grows like 1/lambda^2), and a long memory would freeze the steps.
+        optim = (torch.optim.Adam([theta], lr=self.lr, betas=(0.9, 0.9)) if self.optimizer == "adam"
+                 else torch.optim.SGD([theta], lr=self.lr))
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optim, T_max=self.num_steps,
                                                               eta_min=self.lr * self.final_lr_fraction)
         bounds = ((math.log(self.lambda_min), math.log(self.lambda_max)) if self.param == "log"
@@ -151,7 +164,7 @@ class ClosedFormEstimator:
             trace = BilevelTrace(self.lambda_init, nfe=sum(p.nfe for p in pools))
         for step in range(start, self.num_steps):
             lam = self._to_lambda(theta)
-            if self.refresh_every and step > 0 and step % self.refresh_every == 0:
+            if self._refresh_due(step, pools, lam):
                 pools = list(draw(lam, step))
                 trace.nfe += sum(p.nfe for p in pools)
             estimates = [hypergradient(pool, lam, self.gamma) for pool in pools]

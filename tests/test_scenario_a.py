@@ -1,0 +1,163 @@
+"""Scenario A against its oracles (SPEC §4): the hyper-gradient, the guided sampler, the bilevel loop."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from bilevel_diffusion.errors import ConfigError
+from bilevel_diffusion.lower_solvers.guided_sampling import ClassifierFreeGuidance, GuidedSampler, LinearisedReward
+from bilevel_diffusion.models.gaussian import GaussianEps
+from bilevel_diffusion.runtime import RunContext
+from bilevel_diffusion.schedules.family import CosineSchedule
+from bilevel_diffusion.tasks.finetune_gaussian import GaussianTilt
+from bilevel_diffusion.tracking.recorder import Recorder
+from bilevel_diffusion.upper_estimators.closed_form import ClosedFormEstimator, RewardPool, hypergradient
+
+# lambda* = 2 for this tilt; the weights stay well spread for lambda in [1, 4]
+ORACLE = GaussianTilt(mean=[0.5, -1.0], cov_diag=[1.0, 0.5], direction=[0.5, 0.5], target=[0.75, -0.875])
+
+
+def exact_pool(oracle: GaussianTilt, n: int, seed: int, lam_ref: float | None = None) -> RewardPool:
+    """n exact samples of p_pre (or of p_{lam_ref}) with their rewards."""
+    z = torch.randn(n, len(oracle.mean), generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    x = (oracle.mean if lam_ref is None else oracle.tilted_mean(lam_ref)) + oracle.var.sqrt() * z
+    return RewardPool(oracle.r1(x), oracle.r2(x), lam_ref)
+
+
+def make_ctx(run_dir) -> RunContext:
+    return RunContext(run_dir=run_dir, cache_dir=run_dir, device=torch.device("cpu"), dtype=torch.float32, seed=0,
+                      resume=False, recorder=Recorder(run_dir, OmegaConf.create({})))
+
+
+def test_oracle_lambda_star_zeroes_the_analytic_gradient() -> None:
+    assert ORACLE.lambda_star(1e-3, 1e3) == pytest.approx(2.0)
+    assert ORACLE.gradient(2.0) == pytest.approx(0.0, abs=1e-12)
+    h = 1e-5
+    assert ORACLE.gradient(1.3) == pytest.approx((ORACLE.objective(1.3 + h) - ORACLE.objective(1.3 - h)) / (2 * h))
+
+
+@pytest.mark.parametrize("lam", [1.0, 4.0], ids=["negative-gradient", "positive-gradient"])
+def test_mc_hypergradient_matches_the_analytic_derivative_with_the_right_sign(lam: float) -> None:
+    exact = ORACLE.gradient(lam)
+    assert (exact < 0) == (lam < 2.0)
+    errors = {}
+    for n in (1_000, 16_000):
+        estimates = torch.tensor([hypergradient(exact_pool(ORACLE, n, seed), lam).grad for seed in range(24)])
+        assert bool((torch.sign(estimates) == math.copysign(1.0, exact)).all()), "wrong sign"
+        errors[n] = float(((estimates - exact) ** 2).mean().sqrt())
+        assert abs(float(estimates.mean()) - exact) < 4 * errors[n] / math.sqrt(24) + 0.01 * abs(exact)
+    assert 2.5 < errors[1_000] / errors[16_000] < 6.5, "Monte Carlo error should shrink like 1/sqrt(N)"
+
+
+def test_refreshed_pool_from_p_lambda_ref_gives_the_same_gradient() -> None:
+    pool = exact_pool(ORACLE, 200_000, 0, lam_ref=1.5)
+    for lam in (1.2, 1.5, 2.5):
+        assert hypergradient(pool, lam).grad == pytest.approx(ORACLE.gradient(lam), rel=0.05, abs=2e-3)
+
+
+def test_penalty_form_is_the_derivative_of_f_gamma_and_tends_to_the_covariance_form() -> None:
+    pool = exact_pool(ORACLE, 50_000, 1)
+    r1, r2 = pool.r1, pool.r2
+
+    def f_gamma(lam: float, gamma: float) -> float:  # gamma * lambda * (log Z_r2 - log Z_h), Z by Monte Carlo
+        return gamma * lam * float(torch.logsumexp(r2 / lam, 0) - torch.logsumexp((r2 + r1 / gamma) / lam, 0))
+
+    h = 1e-4
+    for gamma in (0.5, 5.0):
+        numeric = (f_gamma(1.5 + h, gamma) - f_gamma(1.5 - h, gamma)) / (2 * h)
+        assert hypergradient(pool, 1.5, gamma).grad == pytest.approx(numeric, rel=1e-4)
+    limit = hypergradient(pool, 1.5).grad
+    assert hypergradient(pool, 1.5, 1e4).grad == pytest.approx(limit, rel=1e-3)
+    assert abs(hypergradient(pool, 1.5, 1.0).grad - limit) > 1e-3, "small gamma must differ from the limit"
+
+
+@pytest.mark.parametrize("lam", [1e-4, 1e4])
+@pytest.mark.parametrize("gamma", [None, 10.0])
+def test_extreme_lambda_gives_finite_numbers(lam: float, gamma: float | None) -> None:
+    g = torch.Generator().manual_seed(0)
+    pool = RewardPool(30 * torch.randn(512, generator=g), 30 * torch.randn(512, generator=g))
+    estimate = hypergradient(pool, lam, gamma)
+    assert math.isfinite(estimate.grad) and math.isfinite(estimate.objective)
+    assert 1.0 - 1e-9 <= estimate.ess <= 512 + 1e-6
+
+
+def gaussian_sampler_setup(oracle: GaussianTilt):
+    schedule = CosineSchedule(start=0.0, end=1.0, tau=1.0, eps=0.008)
+    model = GaussianEps(oracle.mean, oracle.var, schedule.alphas_cumprod().detach())
+    noise = torch.randn(4096, len(oracle.mean), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    return model, schedule.betas().detach(), noise
+
+
+@pytest.mark.parametrize("scheduler,steps,tol", [("dpm_solver", 100, 0.05), ("ddim", 200, 0.06)])
+def test_guided_samples_have_the_tilted_mean(scheduler: str, steps: int, tol: float) -> None:
+    model, betas, noise = gaussian_sampler_setup(ORACLE)
+    sampler = GuidedSampler(num_steps=steps, batch_size=4096, clip_sample=False, scheduler=scheduler)
+    for lam in (0.5, 2.0):
+        out = sampler.sample(model, betas, noise, ORACLE.r2, lam)
+        assert torch.allclose(out.images.mean(0), ORACLE.tilted_mean(lam), atol=tol), (lam, out.images.mean(0))
+        assert out.nfe == 4096 * steps
+    plain = sampler.sample(model, betas, noise).images
+    assert torch.allclose(plain.mean(0), ORACLE.mean, atol=0.05)
+
+
+def test_relinearisation_of_a_linear_reward_changes_nothing_but_the_cost() -> None:
+    model, betas, noise = gaussian_sampler_setup(ORACLE)
+    plain = GuidedSampler(num_steps=20, batch_size=4096, clip_sample=False).sample(model, betas, noise[:64],
+                                                                                  ORACLE.r2, 1.0)
+    rounds = GuidedSampler(num_steps=20, batch_size=4096, clip_sample=False, relinearize_rounds=2).sample(
+        model, betas, noise[:64], ORACLE.r2, 1.0)
+    assert torch.allclose(plain.images, rounds.images, atol=1e-9)
+    assert rounds.nfe == 3 * plain.nfe
+
+
+def test_linearised_reward_is_per_sample() -> None:
+    x_ref = torch.randn(3, 4, dtype=torch.float64)
+    surrogate = LinearisedReward(lambda x: (x**2).sum(1), x_ref)
+    assert torch.allclose(surrogate(x_ref), (x_ref**2).sum(1))
+    x = x_ref + 1e-3
+    assert torch.allclose(surrogate(x), (x_ref**2).sum(1) + 2e-3 * x_ref.sum(1))
+
+
+def test_classifier_free_guidance_mixes_the_two_branches() -> None:
+    model = lambda x, t, c: x * 0 + c.view(-1, 1)  # noqa: E731  eps = the condition value
+    cfg = ClassifierFreeGuidance(model, cond=torch.tensor([1.0]), null_cond=torch.tensor([0.0]), scale=7.5)
+    eps = cfg(torch.zeros(5, 2), torch.zeros(5, dtype=torch.long))
+    assert torch.allclose(eps, torch.full((5, 2), 7.5))
+
+
+@pytest.mark.parametrize("mean,cov,direction,target,init,param", [
+    ([0.5, -1.0], [1.0, 0.5], [0.5, 0.5], [0.75, -0.875], 5.0, "log"),      # lambda* = 2, from above
+    ([0.0, 0.0], [1.0, 0.5], [1.0, 1.0], [2.0, 1.0], 5.0, "log"),            # lambda* = 0.5, far below the start
+    ([1.0, 0.0, 2.0], [0.3, 2.0, 1.0], [1.0, -0.5, 0.2], [3.0, -4.0, 2.0], 0.01, "log"),  # 0.246, from below
+    ([0.5, -1.0], [1.0, 0.5], [0.5, 0.5], [0.75, -0.875], 5.0, "linear"),
+    ([0.0, 0.0], [1.0, 0.5], [1.0, 1.0], [2.0, 1.0], 5.0, "linear"),
+])
+def test_bilevel_loop_converges_to_lambda_star(tmp_path, mean, cov, direction, target, init, param) -> None:
+    oracle = GaussianTilt(mean, cov, direction, target)
+    star = oracle.lambda_star(1e-3, 1e3)
+    lr = 0.2 if param == "log" else 0.03 * max(init, star)  # linear steps need the problem's scale
+    estimator = ClosedFormEstimator(lambda_init=init, num_steps=200, lr=lr, param=param, refresh_every=10,
+                                    refresh_min_ess=0.1)
+    draw = lambda lam_ref, step: [exact_pool(oracle, 20_000, step, lam_ref)]  # noqa: E731
+    trace = estimator.optimise(draw, make_ctx(tmp_path))
+    assert trace.lam == pytest.approx(star, rel=0.05)
+    assert all(1e-3 <= lam <= 1e3 for lam in trace.lambdas)
+
+
+def test_projection_keeps_lambda_in_its_box(tmp_path) -> None:
+    oracle = GaussianTilt([0.0], [1.0], [1.0], [-1.0])  # guidance only hurts: the optimum is lambda_max
+    estimator = ClosedFormEstimator(lambda_init=1.0, lambda_min=0.1, lambda_max=10.0, num_steps=60, lr=0.3)
+    trace = estimator.optimise(lambda lam_ref, step: [exact_pool(oracle, 5_000, step, lam_ref)], make_ctx(tmp_path))
+    assert trace.lam == pytest.approx(10.0) and oracle.lambda_star(0.1, 10.0) == 10.0
+
+
+@pytest.mark.parametrize("kwargs", [{"lambda_min": 0.0}, {"lambda_min": -1.0}, {"gamma": 0.0}, {"gamma": -2.0},
+                                    {"lambda_init": 1e4}, {"param": "exp"},
+                                    {"refresh_min_ess": 1.0}])
+def test_bad_estimator_settings_are_config_errors(kwargs) -> None:
+    with pytest.raises(ConfigError):
+        ClosedFormEstimator(**kwargs)
