@@ -98,10 +98,10 @@ def test_zeroth_order_smoke_run_writes_the_run_contract(tmp_path, smoke_args) ->
 
 @pytest.mark.slow
 def test_every_search_baseline_runs_through_run_py(tmp_path, smoke_args) -> None:
-    result = run_cli("-m", "task=noise_schedule_mnist", *smoke_args, "upper_estimator=grid,random,bayesian",
+    result = run_cli("-m", "task=noise_schedule_mnist", *smoke_args, "upper_estimator=staged_grid,grid,random,bayesian",
                      "++upper_estimator.n_trials=2", f"hydra.sweep.dir={tmp_path}", "hydra.sweep.subdir=${hydra.job.num}")
     assert result.returncode == 0, result.stderr[-2000:]
-    for num, method in enumerate(("grid", "random", "bayesian")):
+    for num, method in enumerate(("staged_grid", "grid", "random", "bayesian")):
         run_dir = tmp_path / str(num)
         summary = assert_run_contract(run_dir, "noise_schedule_mnist", method)
         trials = [r for r in read_jsonl(run_dir / "metrics.jsonl") if "trial" in r]
@@ -113,7 +113,7 @@ def test_every_search_baseline_runs_through_run_py(tmp_path, smoke_args) -> None
 
 def test_a_search_needs_the_box_of_a_learned_schedule() -> None:
     box = search_space(instantiate(compose("schedule=learned_cosine").schedule))
-    assert box["tau"] == {"low": 1.0, "high": 4.0, "log": False} and set(box) == {"start", "end", "tau", "eps"}
+    assert box["tau"] == {"low": 1.0, "high": 4.0, "log": False, "initial": 1.0} and set(box) == {"start", "end", "tau", "eps"}
     with pytest.raises(ConfigError, match="schedule.bounds"):
         search_space(instantiate(compose("schedule=cosine").schedule))
 

@@ -4,7 +4,7 @@ diffusion model trained from scratch.
 ``upper_estimator`` chooses the method:
 
 - ``zeroth_order``: the paper's penalty method (Alg. 6), one training run that moves the schedule as it goes;
-- ``grid`` / ``random`` / ``bayesian``: search baselines, each trial a full training run under a fixed schedule
+- ``staged_grid`` / ``grid`` / ``random`` / ``bayesian``: search baselines, each trial a full training run under a fixed schedule
   from the same family and box (``schedule.bounds``), judged by the reported FID;
 - ``fixed``: one training run under the configured schedule.
 
@@ -34,12 +34,15 @@ from bilevel_diffusion.upper_estimators.zeroth_order import ZerothOrderEstimator
 
 
 def search_space(schedule: NoiseSchedule) -> dict[str, dict[str, Any]]:
-    """The search baselines' space: the schedule's box, uniform in every parameter (as the official BO)."""
+    """The search baselines' space: the schedule's box, uniform in every parameter (as the official BO), with the
+    configured values as ``initial`` (where a staged grid holds a parameter before its stage)."""
     missing = [name for name in schedule.param_names if name not in schedule.bounds]
     if missing:
         raise ConfigError(f"the search baselines search the box schedule.bounds; it lacks {missing} "
                           f"(use schedule=learned_cosine or schedule=learned_sigmoid)")
-    return {name: {"low": lo, "high": hi, "log": False} for name, (lo, hi) in schedule.bounds.items()}
+    initial = schedule.as_dict()
+    return {name: {"low": lo, "high": hi, "log": False, "initial": initial[name]}
+            for name, (lo, hi) in schedule.bounds.items()}
 
 
 def with_params(schedule: NoiseSchedule, params: dict[str, float]) -> NoiseSchedule:
@@ -64,8 +67,8 @@ class NoiseScheduleMNIST:
         if isinstance(estimator, SearchEstimator):
             space = search_space(schedule)
         elif not (isinstance(estimator, ZerothOrderEstimator) or cfg.upper_estimator.name == "fixed"):
-            raise ConfigError(f"task=noise_schedule_mnist runs upper_estimator=zeroth_order, grid, random, bayesian "
-                              f"or fixed (got {cfg.upper_estimator.name!r})")
+            raise ConfigError(f"task=noise_schedule_mnist runs upper_estimator=zeroth_order, staged_grid, grid, "
+                              f"random, bayesian or fixed (got {cfg.upper_estimator.name!r})")
         initial = with_params(schedule, schedule.as_dict())
         data = instantiate(cfg.data)
         quality = build_image_quality(cfg, data.test_x, ctx)
