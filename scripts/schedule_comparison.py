@@ -1,10 +1,11 @@
 """Scenario B at equal compute: ``python scripts/schedule_comparison.py --size quick [--out DIR] [--report-only]``.
 
-Runs ``task=noise_schedule_mnist`` with every method of ``configs/schedule_comparison.yaml`` (the bilevel method
-first; its wall clock becomes each search baseline's ``upper_estimator.timeout_s``), one run directory per method
-under ``--out``, then writes ``comparison.md`` and the figures there. A method whose run directory already holds a
-``summary.json`` is not run again; an unfinished one is resumed, so the script can be stopped and started again.
-Extra ``key=value`` arguments go to every run (e.g. ``seed=1``).
+Runs ``task=noise_schedule_mnist experiment=schedule_SIZE`` with every method of ``configs/schedule_comparison.yaml``
+(their settings: ``configs/method_preset/schedule_SIZE/noise_schedule_mnist/``), the bilevel method first; its wall
+clock becomes each search baseline's ``upper_estimator.timeout_s``. One run directory per method under ``--out``,
+then ``comparison.md`` and the figures there. A method whose run directory holds a ``summary.json`` is not run
+again; an unfinished one is resumed, so the script can be stopped and started again. Extra ``key=value`` arguments
+go to every run (e.g. ``seed=1``).
 """
 
 from __future__ import annotations
@@ -21,8 +22,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from bilevel_diffusion.reporting.schedule_comparison import write_comparison  # noqa: E402
-
-BILEVEL = "zeroth_order"
 
 
 def run_method(run_dir: Path, overrides: list[str]) -> None:
@@ -45,17 +44,16 @@ def main() -> None:
     parser.add_argument("--report-only", action="store_true", help="only rebuild the table and figures")
     parser.add_argument("overrides", nargs="*", help="key=value overrides for every run")
     args = parser.parse_args()
-    preset = OmegaConf.to_container(OmegaConf.load(ROOT / "configs" / "schedule_comparison.yaml"))[args.size]
+    plan = OmegaConf.load(ROOT / "configs" / "schedule_comparison.yaml")
     out = (args.out or ROOT / "outputs" / "schedule_comparison" / args.size).resolve()
-    common = [f"experiment={preset['experiment']}", *args.overrides]
-    methods = preset["methods"]
+    common = [f"experiment=schedule_{args.size}", *args.overrides]
+    methods = [plan.bilevel, *plan.baselines]
     if not args.report_only:
-        run_method(out / BILEVEL, [*common, *methods[BILEVEL]])
-        budget = json.loads((out / BILEVEL / "summary.json").read_text())["wall_clock_s"]
-        for name, overrides in methods.items():
-            if name != BILEVEL:
-                timeout = [f"upper_estimator.timeout_s={budget:.0f}"] if name != "fixed" else []
-                run_method(out / name, [*common, *overrides, *timeout])
+        run_method(out / plan.bilevel, [*common, f"upper_estimator={plan.bilevel}"])
+        budget = json.loads((out / plan.bilevel / "summary.json").read_text())["wall_clock_s"]
+        for name in plan.baselines:
+            timeout = [f"upper_estimator.timeout_s={budget:.0f}"] if name != "fixed" else []
+            run_method(out / name, [*common, f"upper_estimator={name}", *timeout])
     runs = {name: out / name for name in methods if (out / name / "summary.json").exists()}
     if not runs:
         sys.exit(f"error: no finished run under {out}")

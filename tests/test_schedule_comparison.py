@@ -24,11 +24,15 @@ def _run(root, method: str, fid: float, schedule: dict, rows: list[dict], **extr
     (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
+def _logged(schedule: dict) -> dict:
+    return {f"schedule_{k}": v for k, v in schedule.items()}
+
+
 def test_table_and_figures_from_run_directories(tmp_path) -> None:
     learned = {"start": 0.1, "end": 0.95, "tau": 1.5, "eps": 0.01}
     _run(tmp_path, "zeroth_order", 20.0, learned, trainings_used=1,
-         rows=[{"step": 10, "wall_clock_s": 5.0, "objective_fid": 90.0, **{f"schedule_{k}": v for k, v in INITIAL.items()}},
-               {"step": 20, "wall_clock_s": 9.0, "objective_fid": 80.0, **{f"schedule_{k}": v for k, v in learned.items()}}])
+         rows=[{"step": 10, "wall_clock_s": 5.0, "objective_fid": 90.0, **_logged(INITIAL)},
+               {"step": 20, "wall_clock_s": 9.0, "objective_fid": 80.0, **_logged(learned)}])
     _run(tmp_path, "random", 25.0, {**INITIAL, "tau": 3.0}, trainings_used=2,
          rows=[{"step": 0, "wall_clock_s": 6.0, "trial": 0, "fid": 30.0},
                {"step": 1, "wall_clock_s": 12.0, "trial": 1, "fid": 25.0},

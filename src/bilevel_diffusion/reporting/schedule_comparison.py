@@ -69,7 +69,7 @@ def fid_over_wall_clock(run_dir: Path) -> list[tuple[float, float]]:
 
 
 def write_comparison(runs: Mapping[str, Path], out_dir: Path) -> dict[str, Path]:
-    """``comparison.md`` plus ``schedules.png``, ``schedule_params.png`` and ``fid_vs_wall_clock.png`` in ``out_dir``."""
+    """``comparison.md``, ``schedules.png``, ``schedule_params.png`` and ``fid_vs_wall_clock.png`` in ``out_dir``."""
     out_dir.mkdir(parents=True, exist_ok=True)
     table = out_dir / "comparison.md"
     table.write_text(comparison_markdown(runs))

@@ -4,8 +4,8 @@ diffusion model trained from scratch.
 ``upper_estimator`` chooses the method:
 
 - ``zeroth_order``: the paper's penalty method (Alg. 6), one training run that moves the schedule as it goes;
-- ``staged_grid`` / ``grid`` / ``random`` / ``bayesian``: search baselines, each trial a full training run under a fixed schedule
-  from the same family and box (``schedule.bounds``), judged by the reported FID;
+- ``staged_grid`` / ``grid`` / ``random`` / ``bayesian``: search baselines, each trial a full training run under a
+  fixed schedule from the same family and box (``schedule.bounds``), judged by the reported FID;
 - ``fixed``: one training run under the configured schedule.
 
 Every method is judged by the same *reported* FID/IS (``eval.num_samples`` DDIM samples from fixed noise).
@@ -81,7 +81,8 @@ class NoiseScheduleMNIST:
         final = with_params(schedule, {k: v for k, v in result["schedule"].items() if k != "name"})
         curves = {f"{cfg.upper_estimator.name}: final": final, "initial": initial,
                   "standard cosine": CosineSchedule(start=0.0, end=1.0, tau=1.0, eps=0.008)}
-        figure = plot_schedules(curves, ctx.run_dir / "schedule.png", title=f"{schedule.name}, {cfg.upper_estimator.name}")
+        figure = plot_schedules(curves, ctx.run_dir / "schedule.png",
+                                title=f"{schedule.name}, {cfg.upper_estimator.name}")
         ctx.recorder.log_file_image("schedule", figure)
         return {**result, "initial_schedule": initial.as_dict()}
 
