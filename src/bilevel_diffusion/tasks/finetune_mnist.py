@@ -132,8 +132,8 @@ class FinetuneMNIST(RewardFinetuneTask):
     def __init__(self, name: str = "finetune_mnist", prompts: list[int] | tuple[int, ...] = (3, 7),
                  proxy_per_class: int = 20, pretrain: dict | None = None, **kwargs: Any) -> None:
         super().__init__(name, **kwargs)
-        if not all(isinstance(p, int) and 0 <= p <= 9 for p in prompts):
-            raise ConfigError(f"task.prompts must be digits 0..9 (got {list(prompts)})")
+        if not prompts or not all(isinstance(p, int) and 0 <= p <= 9 for p in prompts):
+            raise ConfigError(f"task.prompts must be a non-empty list of digits 0..9 (got {list(prompts)})")
         if proxy_per_class < 1:
             raise ConfigError(f"task.proxy_per_class must be >= 1 (got {proxy_per_class})")
         self.prompts, self.proxy_per_class = list(prompts), int(proxy_per_class)

@@ -4,7 +4,8 @@ A task supplies a :class:`RewardProblem` (pre-trained eps-model, rewards r1 and 
 this module runs the chosen ``upper_estimator`` on it with the guided sampler (``lower_solver=guided_sampling``):
 
 - ``closed_form`` (bilevel, Alg. 2): hyper-gradient steps on lambda from a pool of pre-trained samples
-  (``task.pool_samples``; one pre-trained run serves every prompt; refreshes are guided runs per prompt);
+  (``task.pool_samples``; one pre-trained run serves every prompt of an unconditional model; refreshes are
+  guided runs per prompt);
 - ``grid`` / ``random`` / ``bayesian``: each trial runs the guided sampler at one lambda on ``task.trial_samples``
   samples per prompt and measures r1 (trial objective ``-r1``);
 - ``weighted_sum``: no search; the reported run guides with ``r2 + weight * r1`` at its fixed lambda.
@@ -41,15 +42,24 @@ from bilevel_diffusion.upper_estimators.weighted_sum import WeightedSum  # noqa:
 
 @dataclass
 class RewardProblem:
-    """What a Scenario A task provides."""
+    """What a Scenario A task provides.
 
-    eps_fn: EpsFn
+    ``conditional=True``: the pre-trained model depends on the prompt (text-to-image), ``eps_fn(prompt)`` returns
+    that prompt's eps-model and the pre-trained samples are drawn per prompt; otherwise ``eps_fn`` serves every
+    prompt. ``decode`` maps the sampler's space to images (a VAE decoder for latent models) and
+    ``nfe_per_sample`` counts network passes per sample and step (2 with classifier-free guidance).
+    """
+
+    eps_fn: EpsFn | Callable[[Any], EpsFn]
     betas: torch.Tensor
     sample_shape: tuple[int, ...]
     prompts: Sequence[Any]
     r1: Callable[[Any], Reward]                            # prompt -> upper reward (per sample)
     r2: Callable[[Any], Reward]                            # prompt -> lower reward (per sample)
     drift: Callable[[torch.Tensor, torch.Tensor], float]   # (guided, pre-trained) -> fid_vs_pretrained
+    conditional: bool = False
+    decode: Callable[[torch.Tensor], torch.Tensor] | None = None
+    nfe_per_sample: int = 1
 
 
 def _noise(num: int, seed: int, shape: tuple[int, ...]) -> torch.Tensor:
@@ -83,8 +93,6 @@ class RewardFinetuneTask:
     def run(self, cfg: DictConfig, ctx: RunContext) -> dict[str, Any]:
         self.ctx, self.eval_cfg = ctx, cfg.eval
         self.problem = self.build(cfg, ctx)
-        if not self.problem.prompts:
-            raise ConfigError("task.prompts is empty: give at least one prompt")
         self.sampler = self.make_sampler(cfg)
         self._references: dict[str, torch.Tensor] = {}
         self.reference_nfe = 0
@@ -104,9 +112,12 @@ class RewardFinetuneTask:
         r1, r2 = self.problem.r1(prompt), self.problem.r2(prompt)
         return lambda x: r2(x) + weight * r1(x)
 
-    def _sample(self, noise: torch.Tensor, reward: Reward | None, lam: float | None):
-        return self.sampler.sample(self.problem.eps_fn, self.problem.betas, noise, reward, lam,
-                                   device=self.ctx.device)
+    def _sample(self, noise: torch.Tensor, reward: Reward | None, lam: float | None, prompt: Any = None):
+        problem = self.problem
+        eps_fn = problem.eps_fn(prompt) if problem.conditional else problem.eps_fn
+        decode = {} if problem.decode is None else {"decode": problem.decode}
+        return self.sampler.sample(eps_fn, problem.betas, noise, reward, lam, nfe_per_sample=problem.nfe_per_sample,
+                                   device=self.ctx.device, **decode)
 
     def _noise_set(self, kind: str) -> torch.Tensor:
         """``eval``: the reported evaluation's fixed noise; ``trial``: the (smaller) in-loop noise of the searches."""
@@ -114,21 +125,24 @@ class RewardFinetuneTask:
             return _noise(int(self.eval_cfg.num_samples), int(self.eval_cfg.seed), self.problem.sample_shape)
         return _noise(self.trial_samples, self.ctx.seed + 1, self.problem.sample_shape)
 
-    def _reference(self, kind: str) -> torch.Tensor:
-        """Pre-trained (unguided) samples on the same noise, for ``fid_vs_pretrained``; sampled once."""
-        if kind not in self._references:
-            out = self._sample(self._noise_set(kind), None, None)
-            self._references[kind], self.reference_nfe = out.images, self.reference_nfe + out.nfe
-        return self._references[kind]
+    def _reference(self, kind: str, prompt: Any) -> torch.Tensor:
+        """Pre-trained (unguided) samples on the same noise, for ``fid_vs_pretrained``; sampled once (per prompt
+        for conditional models)."""
+        key = f"{kind}/{prompt}" if self.problem.conditional else kind
+        if key not in self._references:
+            out = self._sample(self._noise_set(kind), None, None, prompt)
+            self._references[key], self.reference_nfe = out.images, self.reference_nfe + out.nfe
+        return self._references[key]
 
     def evaluate(self, lam: float, kind: str = "trial", reward: Callable[[Any], Reward] | None = None,
                  save_as: str | None = None) -> dict[str, Any]:
         """Guided samples at ``lam`` for every prompt, scored by r1, r2 and the drift; averaged over prompts."""
         reward = reward or self.problem.r2
-        noise, reference = self._noise_set(kind), self._reference(kind)
+        noise = self._noise_set(kind)
         rows, nfe, shown = [], 0, []
         for prompt in self.problem.prompts:
-            out = self._sample(noise, reward(prompt), lam)
+            reference = self._reference(kind, prompt)
+            out = self._sample(noise, reward(prompt), lam, prompt)
             nfe += out.nfe
             with torch.no_grad():
                 rows.append((float(self.problem.r1(prompt)(out.images).mean()),
@@ -153,11 +167,11 @@ class RewardFinetuneTask:
         def draw(lam_ref: float | None, step: int) -> list[RewardPool]:
             """Per prompt: a pool of rewards, from one shared pre-trained run or a guided run per prompt."""
             noise = _noise(self.pool_samples, self.ctx.seed + 7919 * step, self.problem.sample_shape)
-            shared = self._sample(noise, None, None) if lam_ref is None else None
+            shared = self._sample(noise, None, None) if lam_ref is None and not self.problem.conditional else None
             pools = []
             for prompt in self.problem.prompts:
                 r2 = self.problem.r2(prompt)
-                out = shared if shared is not None else self._sample(noise, r2, lam_ref)
+                out = shared if shared is not None else self._sample(noise, r2, lam_ref, prompt)
                 with torch.no_grad():
                     pools.append(RewardPool(self.problem.r1(prompt)(out.images).double(), r2(out.images).double(),
                                             lam_ref, nfe=0 if shared is not None and pools else out.nfe))
