@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
+from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, PNDMScheduler
 from torch import nn
 
 from bilevel_diffusion.errors import ConfigError
@@ -84,7 +84,8 @@ class GuidedSampler:
 
     ``clip_sample``: the data live in [-1, 1] (pixel models): DDIM clips its x0 estimate and the output is clamped.
     ``scheduler``: ``ddim`` (deterministic DDIM, paper Alg. 4) or ``dpm_solver`` (diffusers' DPM-Solver++ 2M, a
-    second-order solver of the same ODE: far smaller discretisation error at equal steps).
+    second-order solver of the same ODE: far smaller discretisation error at equal steps) or ``pndm`` (PLMS with
+    ``skip_prk_steps``, Stable Diffusion v1.5's default and the official code's sampler; ``num_steps + 1`` passes).
     Classifier-free guidance: pass a :class:`ClassifierFreeGuidance` as ``eps_fn`` (and its ``nfe_per_sample``).
     """
 
@@ -97,16 +98,18 @@ class GuidedSampler:
             raise ConfigError(f"lower_solver.relinearize_rounds must be >= 0 (got {relinearize_rounds})")
         self.num_steps, self.batch_size = int(num_steps), int(batch_size)
         self.clip_sample, self.timestep_spacing = bool(clip_sample), timestep_spacing
-        if scheduler not in ("ddim", "dpm_solver"):
-            raise ConfigError(f"lower_solver.scheduler must be ddim or dpm_solver (got {scheduler!r})")
+        if scheduler not in ("ddim", "dpm_solver", "pndm"):
+            raise ConfigError(f"lower_solver.scheduler must be ddim, dpm_solver or pndm (got {scheduler!r})")
         self.relinearize_rounds, self.scheduler_name = int(relinearize_rounds), scheduler
 
-    def scheduler(self, betas: torch.Tensor) -> DDIMScheduler | DPMSolverMultistepScheduler:
-        """diffusers' DDIM (eta = 0) or DPM-Solver++(2M) for the model's training betas (eps-prediction)."""
+    def scheduler(self, betas: torch.Tensor) -> DDIMScheduler | DPMSolverMultistepScheduler | PNDMScheduler:
+        """diffusers' DDIM (eta = 0), DPM-Solver++(2M) or PNDM for the model's training betas (eps-prediction)."""
         common = {"num_train_timesteps": betas.shape[0], "trained_betas": betas.detach().cpu().double().numpy(),
                   "timestep_spacing": self.timestep_spacing, "prediction_type": "epsilon"}
         if self.scheduler_name == "dpm_solver":
             return DPMSolverMultistepScheduler(**common, solver_order=2, thresholding=False, final_sigmas_type="zero")
+        if self.scheduler_name == "pndm":
+            return PNDMScheduler(**common, skip_prk_steps=True, set_alpha_to_one=False)
         return DDIMScheduler(**common, clip_sample=self.clip_sample, set_alpha_to_one=True)
 
     def sample(self, eps_fn: EpsFn, betas: torch.Tensor, noise: torch.Tensor, reward: Reward | None = None,

@@ -1,0 +1,161 @@
+"""Scenario A at paper scale without downloads: tiny random-weight Stable Diffusion and reward models written by
+``scripts/make_tiny_sd.py`` and read back through the real loading code (``model=tiny``)."""
+
+from __future__ import annotations
+
+import json
+import runpy
+import sys
+
+import pytest
+import torch
+from hydra.utils import instantiate
+
+from conftest import ROOT, assert_run_contract, compose, run_cli
+
+PROMPT = "horse standing on lush green grass"
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("weights") / "tiny_sd"
+    argv = sys.argv
+    sys.argv = ["make_tiny_sd.py", str(out)]
+    try:
+        runpy.run_path(str(ROOT / "scripts" / "make_tiny_sd.py"), run_name="__main__")
+    finally:
+        sys.argv = argv
+    return out
+
+
+def _cfg(tiny_dir, *overrides: str):
+    return compose("task=finetune_aesthetic", "model=tiny", f"model.path={tiny_dir}", *overrides)
+
+
+def _reward(tiny_dir, name: str, tmp_path):
+    cfg = _cfg(tiny_dir, f"reward@task.lower_reward={name}", f"paths.cache_dir={tmp_path}")
+    return instantiate(cfg.task.lower_reward)
+
+
+@pytest.fixture(scope="module")
+def tiny_sd(tiny_dir):
+    from bilevel_diffusion.models.stable_diffusion import load_stable_diffusion
+
+    return load_stable_diffusion(_cfg(tiny_dir).model, torch.device("cpu"), torch.float32)
+
+
+@pytest.mark.parametrize("name", ["clip_score", "aesthetic", "synthetic"])
+def test_each_reward_has_a_finite_non_zero_gradient_per_image(tiny_dir, tmp_path, name) -> None:
+    reward = _reward(tiny_dir, name, tmp_path)
+    images = (torch.rand(3, 3, 40, 40, generator=torch.Generator().manual_seed(0)) * 1.8 - 0.9).requires_grad_(True)
+    values = reward.for_prompt(PROMPT)(images)
+    assert values.shape == (3,) and torch.isfinite(values).all()
+    (grad,) = torch.autograd.grad(values[1], images)
+    assert torch.isfinite(grad).all() and grad[1].abs().sum() > 0
+    assert grad[0].abs().sum() == 0 and grad[2].abs().sum() == 0, "a reward must score each image on its own"
+
+
+def test_clip_score_is_100_max_cos_on_clip_preprocessed_pixels(tiny_dir, tmp_path) -> None:
+    from bilevel_diffusion.rewards.base import CLIP_MEAN, CLIP_STD
+
+    reward = _reward(tiny_dir, "clip_score", tmp_path)
+    images = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    pixels = ((images + 1) / 2 - torch.tensor(CLIP_MEAN)[:, None, None]) / torch.tensor(CLIP_STD)[:, None, None]
+    embedding = torch.nn.functional.normalize(reward.clip.encode_image(pixels), dim=-1)
+    expected = 100 * (embedding @ reward.text_embedding(PROMPT).T).squeeze(1).clamp(min=0)
+    torch.testing.assert_close(reward(images, PROMPT), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_the_synthetic_head_is_the_seeded_one_and_is_reused(tiny_dir, tmp_path) -> None:
+    from bilevel_diffusion.rewards.synthetic import seeded_head
+
+    head = _reward(tiny_dir, "synthetic", tmp_path).net.fc
+    assert (tmp_path / "rewards" / "synthetic_head_seed0.safetensors").is_file()
+    torch.testing.assert_close(head.weight.detach(), seeded_head(0)["weight"])
+    assert abs(float(seeded_head(0)["weight"].sum()) + 0.128984) < 1e-5  # pinned: the same head on every machine
+    assert not torch.equal(seeded_head(0)["weight"], seeded_head(1)["weight"])
+
+
+def test_missing_reward_weights_and_hps_are_clear_config_errors(tiny_dir, tmp_path) -> None:
+    from bilevel_diffusion.errors import find_user_error
+
+    with pytest.raises(Exception) as aesthetic:
+        instantiate(_cfg(tmp_path).task.lower_reward)
+    assert "LAION aesthetic predictor weights not found at " in str(find_user_error(aesthetic.value))
+    assert "sac+logos+ava1-l14-linearMSE.pth (downloads are off)" in str(find_user_error(aesthetic.value))
+    with pytest.raises(Exception) as hps:
+        _reward(tiny_dir, "hps", tmp_path)
+    assert "HPSv2 weights not found at " in str(find_user_error(hps.value))
+
+
+def test_the_offline_tokenizer_matches_clip(tiny_sd) -> None:
+    import clip
+
+    ids = tiny_sd.tokenizer([PROMPT], padding="max_length", max_length=77, return_tensors="pt").input_ids[0]
+    reference = clip.tokenize([PROMPT])[0]
+    length = int((reference != 0).sum())
+    assert tiny_sd.tokenizer.model_max_length == 77
+    assert torch.equal(ids[:length], reference[:length])
+
+
+def test_guidance_through_the_vae_decoder_raises_the_reward(tiny_dir, tiny_sd, tmp_path) -> None:
+    from bilevel_diffusion.lower_solvers.guided_sampling import GuidedSampler
+
+    reward = _reward(tiny_dir, "aesthetic", tmp_path).for_prompt(PROMPT)
+    sampler = GuidedSampler(num_steps=6, batch_size=8, clip_sample=False)
+    noise = torch.randn(8, *tiny_sd.latent_shape, generator=torch.Generator().manual_seed(0))
+    args = {"decode": tiny_sd.decode, "nfe_per_sample": tiny_sd.nfe_per_sample}
+    plain = sampler.sample(tiny_sd.eps_for(PROMPT), tiny_sd.betas, noise, **args)
+    guided = sampler.sample(tiny_sd.eps_for(PROMPT), tiny_sd.betas, noise, reward, lam=1e-3, **args)
+    assert plain.images.shape == (8, 3, 32, 32) and plain.nfe == 8 * 6 * 2
+    with torch.no_grad():
+        assert (reward(guided.images) > reward(plain.images)).all()
+
+
+def test_tiny_smoke_run_writes_the_run_contract(tiny_dir, tmp_path) -> None:
+    result = run_cli("task=finetune_aesthetic", "model=tiny", "experiment=smoke", f"model.path={tiny_dir}",
+                     f"hydra.run.dir={tmp_path / 'run'}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    summary = assert_run_contract(tmp_path / "run", "finetune_aesthetic", "closed_form")
+    assert summary["clip_score"] == summary["r1"] > 0 and summary["reward"] == summary["r2"]
+    assert summary["fid_features"].startswith("clip ViT-B/16") and len(summary["prompts"]) == 4
+    assert 1e-3 <= summary["lambda"] <= 1e3 and summary["fid_vs_pretrained"] > -1e-6
+    assert (tmp_path / "run" / "samples.png").is_file()
+
+
+def test_a_missing_model_folder_is_a_config_error_naming_it(tiny_dir, tmp_path) -> None:
+    from bilevel_diffusion.errors import ConfigError
+    from bilevel_diffusion.models.stable_diffusion import load_stable_diffusion
+
+    with pytest.raises(ConfigError, match=f"model.path={tmp_path / 'absent'} is not a folder; create the tiny"):
+        load_stable_diffusion(_cfg(tmp_path / "absent").model, torch.device("cpu"), torch.float32)
+    with pytest.raises(ConfigError, match=r"Stable Diffusion weights for .* could not be loaded \(OSError: .*config.json"):
+        load_stable_diffusion(_cfg(tmp_path).model, torch.device("cpu"), torch.float32)
+
+
+@pytest.mark.slow
+def test_missing_stable_diffusion_weights_are_one_line_and_exit_2(tiny_dir, tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # an empty Hugging Face cache
+    result = run_cli("task=finetune_aesthetic", f"model.weights_dir={tiny_dir}", "model.download=false",
+                     f"hydra.run.dir={tmp_path / 'run'}")
+    assert result.returncode == 2
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and result.stderr.strip().splitlines()[-1] == errors[0]
+    assert errors[0].startswith("error: Stable Diffusion weights for 'stable-diffusion-v1-5/stable-diffusion-v1-5'")
+    assert "hf download stable-diffusion-v1-5/stable-diffusion-v1-5" in errors[0] and "model.path" in errors[0]
+    assert not (tmp_path / "run" / "summary.json").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["closed_form", "grid", "random", "bayesian", "weighted_sum"])
+def test_every_scenario_a_estimator_runs_on_stable_diffusion(tiny_dir, tmp_path, method) -> None:
+    budget = {"closed_form": ["upper_estimator.num_steps=20"], "random": ["upper_estimator.n_trials=3"],
+              "bayesian": ["upper_estimator.n_trials=3", "upper_estimator.n_startup_trials=2"]}.get(method, [])
+    result = run_cli("task=finetune_synthetic", "model=tiny", "experiment=smoke", f"model.path={tiny_dir}",
+                     f"upper_estimator={method}", *budget, "task.prompts=[fox,horse]", "eval.num_samples=8",
+                     "lower_solver.scheduler=pndm", f"paths.cache_dir={tmp_path}", f"hydra.run.dir={tmp_path / 'run'}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    summary = assert_run_contract(tmp_path / "run", "finetune_synthetic", method)
+    assert summary["sampler_nfe"] > 0 and summary["reward_model"] == "SyntheticReward"
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["prompts"] == ["fox", "horse"]
