@@ -47,23 +47,37 @@ def clip_tokenizer() -> CLIPTokenizer:
     return CLIPTokenizer(vocab={w: i for i, w in enumerate(words)}, merges=merges, model_max_length=77)
 
 
-def tiny_pipeline(out: Path) -> None:
-    """UNet2DConditionModel, AutoencoderKL (3 levels: latents are 1/4 of the image), CLIPTextModel, SD's betas."""
-    UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(8, 16),
-                         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-                         up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=TEXT_DIM,
-                         attention_head_dim=2, norm_num_groups=4).save_pretrained(out / "unet")
-    AutoencoderKL(in_channels=3, out_channels=3, block_out_channels=(8, 16, 16), latent_channels=4,
-                  down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
-                  layers_per_block=1, norm_num_groups=4, sample_size=32).save_pretrained(out / "vae")
-    tokenizer = clip_tokenizer()
-    CLIPTextModel(CLIPTextConfig(hidden_size=TEXT_DIM, intermediate_size=64, num_attention_heads=4,
-                                 num_hidden_layers=2, vocab_size=len(tokenizer), max_position_embeddings=77,
-                                 projection_dim=TEXT_DIM, bos_token_id=49406, eos_token_id=49407,
-                                 pad_token_id=49407)).save_pretrained(out / "text_encoder")
-    tokenizer.save_pretrained(out / "tokenizer")
+def tiny_pipeline() -> tuple[UNet2DConditionModel, AutoencoderKL, CLIPTextModel]:
+    """UNet2DConditionModel, AutoencoderKL (3 levels: latents are 1/4 of the image) and CLIPTextModel."""
+    unet = UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, layers_per_block=1,
+                                block_out_channels=(8, 16), down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                                up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=TEXT_DIM,
+                                attention_head_dim=2, norm_num_groups=4)
+    vae = AutoencoderKL(in_channels=3, out_channels=3, block_out_channels=(8, 16, 16), latent_channels=4,
+                        down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
+                        layers_per_block=1, norm_num_groups=4, sample_size=32)
+    text_encoder = CLIPTextModel(CLIPTextConfig(hidden_size=TEXT_DIM, intermediate_size=64, num_attention_heads=4,
+                                                num_hidden_layers=2, vocab_size=49408, max_position_embeddings=77,
+                                                projection_dim=TEXT_DIM, bos_token_id=49406, eos_token_id=49407,
+                                                pad_token_id=49407))
+    return unet, vae, text_encoder
+
+
+def write_weights(out: Path, unet: UNet2DConditionModel, vae: AutoencoderKL, text_encoder: CLIPTextModel,
+                  clip_b16: CLIP, clip_l14: CLIP) -> None:
+    """Save the networks in the layout the loaders read (see the module docstring); the aesthetic MLP is random
+    for ``clip_l14``'s embedding width, the ResNet-18 random; SD v1.5's training betas (PNDM config)."""
+    unet.save_pretrained(out / "unet")
+    vae.save_pretrained(out / "vae")
+    text_encoder.save_pretrained(out / "text_encoder")
+    clip_tokenizer().save_pretrained(out / "tokenizer")
     PNDMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000,
                   skip_prk_steps=True, steps_offset=1, set_alpha_to_one=False).save_pretrained(out / "scheduler")
+    (out / "clip").mkdir(parents=True, exist_ok=True)
+    torch.save(clip_b16.state_dict(), out / "clip" / "ViT-B-16.pt")
+    torch.save(clip_l14.state_dict(), out / "clip" / "ViT-L-14.pt")
+    torch.save(AestheticMLP(clip_l14.visual.output_dim).state_dict(), out / "sac+logos+ava1-l14-linearMSE.pth")
+    torch.save(torchvision.models.resnet18().state_dict(), out / "resnet18-f37072fd.pth")
 
 
 def tiny_clip() -> CLIP:
@@ -86,12 +100,7 @@ def main(out: Path) -> None:
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     torch.manual_seed(0)
-    tiny_pipeline(tmp)
-    (tmp / "clip").mkdir()
-    for name in ("ViT-B-16.pt", "ViT-L-14.pt"):
-        torch.save(tiny_clip().state_dict(), tmp / "clip" / name)
-    torch.save(AestheticMLP(CLIP_DIM).state_dict(), tmp / "sac+logos+ava1-l14-linearMSE.pth")
-    torch.save(torchvision.models.resnet18().state_dict(), tmp / "resnet18-f37072fd.pth")
+    write_weights(tmp, *tiny_pipeline(), tiny_clip(), tiny_clip())
     shutil.rmtree(out, ignore_errors=True)
     tmp.replace(out)
     print(f"tiny Stable Diffusion and reward models written to {out}")
