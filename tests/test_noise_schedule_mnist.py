@@ -25,6 +25,7 @@ from conftest import ROOT, assert_run_contract, compose, read_jsonl, run_cli
 TINY = ["task=noise_schedule_mnist", "experiment=smoke", "hardware=cpu", "upper_estimator.n_obj=4",
         "upper_estimator.obj_inference_steps=2", "upper_estimator.inner_steps=2", "lower_solver.num_steps=8",
         "upper_estimator.warmup_fraction=0.25"]
+INITIAL = {"start": 0.0, "end": 1.0, "tau": 1.0, "eps": 0.008}
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +53,7 @@ def test_theta_z_is_a_persistent_copy_that_moves_and_differs_from_theta_y(make_t
     trainer = make_trainer()
     assert (trainer.warmup_outer, trainer.bilevel_outer) == (1, 3)
     warmup = trainer.step()
-    assert "objective_fid" not in warmup and trainer.schedule.as_dict() == trainer.initial_schedule
+    assert "objective_fid" not in warmup and trainer.schedule.as_dict() == INITIAL
     first = trainer.step()
     assert first["gnorm_sm_z_q"] == first["gnorm_sm_y_q"], "theta_z starts as theta_y (same batch, t and eps)"
     z_after_first = _flat(trainer.theta_z)
@@ -63,7 +64,7 @@ def test_theta_z_is_a_persistent_copy_that_moves_and_differs_from_theta_y(make_t
     assert not torch.equal(z_now, _flat(trainer.solver.model)) and trainer.theta_distance() > 0
     assert second["gnorm_sm_z_q"] != second["gnorm_sm_y_q"]
     assert trainer.optimizer_z.state, "theta_z has its own optimiser state"
-    assert trainer.schedule.as_dict() != trainer.initial_schedule, "the schedule moved"
+    assert trainer.schedule.as_dict() != INITIAL, "the schedule moved"
     for row in (first, second, third):
         assert {"objective_fid", "gamma", "gnorm_zo_q", "gnorm_sm_z_q", "gnorm_sm_y_q", "schedule_tau"} <= set(row)
         values = trainer.schedule.as_dict()

@@ -3,7 +3,8 @@ diffusion model trained from scratch.
 
 ``upper_estimator`` chooses the method:
 
-- ``zeroth_order``: the paper's penalty method (Alg. 6), one training run that moves the schedule as it goes;
+- ``zeroth_order``: the paper's penalty method (Alg. 6), one training run that moves the schedule as it goes; the
+  reported model is theta_y's EMA (the network trained under the learned schedule) sampled under the final schedule;
 - ``staged_grid`` / ``grid`` / ``random`` / ``bayesian``: search baselines, each trial a full training run under a
   fixed schedule from the same family and box (``schedule.bounds``), judged by the reported FID;
 - ``fixed``: one training run under the configured schedule.

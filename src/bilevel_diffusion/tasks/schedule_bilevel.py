@@ -53,7 +53,6 @@ class ScheduleBilevel:
         self.lr_scheduler_z = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer_z, T_max=self.bilevel_outer)
         self.upper = BoxAdam(schedule, estimator.schedule_lr, self.bilevel_outer)
         self.generator = torch.Generator().manual_seed(ctx.seed)
-        self.initial_schedule = schedule.as_dict()
         self.outer_step = 0
         self.objective_nfe = 0
 
@@ -125,7 +124,7 @@ class ScheduleBilevel:
                 "optimizer_z": self.optimizer_z.state_dict(), "lr_scheduler_z": self.lr_scheduler_z.state_dict(),
                 "schedule": self.schedule.state_dict(), "upper": self.upper.state_dict(),
                 "generator": self.generator.get_state(), "outer_step": self.outer_step,
-                "objective_nfe": self.objective_nfe, "initial_schedule": self.initial_schedule}
+                "objective_nfe": self.objective_nfe}
 
     def load_state_dict(self, state: dict) -> None:
         self.solver.load_state_dict(state["solver"])
@@ -136,7 +135,6 @@ class ScheduleBilevel:
         self.upper.load_state_dict(state["upper"])
         self.generator.set_state(state["generator"])
         self.outer_step, self.objective_nfe = state["outer_step"], state["objective_nfe"]
-        self.initial_schedule = state["initial_schedule"]
 
     def fit(self, checkpoint_every: int) -> None:
         """All outer steps, one ``metrics.jsonl`` line each (``step`` = theta_y steps done); a checkpoint whenever
