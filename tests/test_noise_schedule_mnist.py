@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 import signal
 import subprocess
@@ -17,7 +18,7 @@ from hydra.utils import instantiate
 from bilevel_diffusion.errors import ConfigError
 from bilevel_diffusion.evaluation import build_image_quality
 from bilevel_diffusion.runtime import RunContext
-from bilevel_diffusion.tasks.noise_schedule_mnist import search_space
+from bilevel_diffusion.tasks.noise_schedule_mnist import search_space, with_params
 from bilevel_diffusion.tasks.schedule_bilevel import ScheduleBilevel
 from bilevel_diffusion.tracking.recorder import Recorder
 from conftest import ROOT, assert_run_contract, compose, read_jsonl, run_cli
@@ -161,3 +162,15 @@ def test_a_killed_bilevel_run_resumes_to_the_numbers_of_an_uninterrupted_run(tmp
     strip = lambda d: [{k: v for k, v in r.items() if k != "wall_clock_s"}  # noqa: E731
                        for r in read_jsonl(d / "metrics.jsonl")]
     assert strip(straight) == strip(stopped), "no lost and no repeated step"
+
+
+@pytest.mark.parametrize("family", ["learned_cosine", "learned_sigmoid"])
+def test_every_corner_of_a_learned_box_is_a_valid_schedule(family: str) -> None:
+    schedule = instantiate(compose(f"schedule={family}").schedule)
+    assert schedule.learnable and set(schedule.bounds) == set(schedule.param_names)
+    for corner in itertools.product(*(schedule.bounds[name] for name in schedule.param_names)):
+        abar = with_params(schedule, dict(zip(schedule.param_names, corner))).alphas_cumprod()
+        assert torch.isfinite(abar).all() and bool((abar[1:] <= abar[:-1]).all()), corner
+        assert float(abar[0]) > 0.99, corner
+        if dict(zip(schedule.param_names, corner))["end"] == 1.0:  # end < 1 stops short of noise (SPEC's abar)
+            assert float(abar[-1]) < 1e-6, corner
