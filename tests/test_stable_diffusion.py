@@ -33,7 +33,7 @@ def _cfg(tiny_dir, *overrides: str):
 
 
 def _reward(tiny_dir, name: str, tmp_path):
-    cfg = _cfg(tiny_dir, f"reward@task.lower_reward={name}", f"paths.cache_dir={tmp_path}")
+    cfg = _cfg(tiny_dir, f"reward={name}", f"paths.cache_dir={tmp_path}")
     return instantiate(cfg.task.lower_reward)
 
 
