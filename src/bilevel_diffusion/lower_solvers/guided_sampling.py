@@ -82,7 +82,9 @@ class GuidedSamples:
 class GuidedSampler:
     """Guided deterministic sampling (Alg. 5 with Alg. 4's sampler); ``lam = None`` or no reward: unguided.
 
-    ``clip_sample``: the data live in [-1, 1] (pixel models): DDIM clips its x0 estimate and the output is clamped.
+    ``clip_sample``: the data live in [-1, 1] (pixel models): DDIM clips its x0 estimate, the reward sees the Tweedie
+    estimate clamped to [-1, 1] (without it, an imperfect model's x0_hat at high noise is far outside the image range
+    and strong guidance blows up) and the output is clamped.
     ``scheduler``: ``ddim`` (deterministic DDIM, paper Alg. 4) or ``dpm_solver`` (diffusers' DPM-Solver++ 2M, a
     second-order solver of the same ODE: far smaller discretisation error at equal steps) or ``pndm`` (PLMS with
     ``skip_prk_steps``, Stable Diffusion v1.5's default and the official code's sampler; ``num_steps + 1`` passes).
@@ -143,6 +145,8 @@ class GuidedSampler:
                     eps = eps_fn(x_in, t_batch)
                     abar = scheduler.alphas_cumprod[int(t)].to(x.device, x.dtype)
                     x0_hat = (x_in - (1 - abar).sqrt() * eps) / abar.sqrt()
+                    if self.clip_sample:  # the reward sees a valid image; saturated pixels get no gradient
+                        x0_hat = x0_hat.clamp(-1, 1)
                     (grad,) = torch.autograd.grad(reward(decode(x0_hat)).sum(), x_in)
                 eps = eps.detach() - (1 - abar).sqrt() * grad / lam
             else:
