@@ -16,6 +16,7 @@ from bilevel_diffusion.schedules.family import CosineSchedule
 from bilevel_diffusion.tasks.finetune_gaussian import GaussianTilt
 from bilevel_diffusion.tracking.recorder import Recorder
 from bilevel_diffusion.upper_estimators.closed_form import ClosedFormEstimator, RewardPool, hypergradient
+from conftest import read_jsonl
 
 # lambda* = 2 for this tilt; the weights stay well spread for lambda in [1, 4]
 ORACLE = GaussianTilt(mean=[0.5, -1.0], cov_diag=[1.0, 0.5], direction=[0.5, 0.5], target=[0.75, -0.875])
@@ -161,3 +162,24 @@ def test_projection_keeps_lambda_in_its_box(tmp_path) -> None:
 def test_bad_estimator_settings_are_config_errors(kwargs) -> None:
     with pytest.raises(ConfigError):
         ClosedFormEstimator(**kwargs)
+
+
+def test_a_stopped_bilevel_loop_resumes_to_the_same_lambdas(tmp_path) -> None:
+    estimator = ClosedFormEstimator(num_steps=40, refresh_every=10)
+    draw = lambda lam_ref, step: [exact_pool(ORACLE, 2_000, step, lam_ref)]  # noqa: E731
+    straight = estimator.optimise(draw, make_ctx(tmp_path / "straight"), checkpoint_every=5)
+
+    def dying(lam_ref, step):
+        if step == 20:
+            raise RuntimeError("stopped")
+        return draw(lam_ref, step)
+
+    stopped = tmp_path / "stopped"
+    with pytest.raises(RuntimeError):
+        estimator.optimise(dying, make_ctx(stopped), checkpoint_every=5)
+    resumed_ctx = make_ctx(stopped)
+    resumed_ctx.resume = True
+    resumed = estimator.optimise(draw, resumed_ctx, checkpoint_every=5)
+    assert resumed.lambdas == straight.lambdas and resumed.lam == straight.lam and resumed.nfe == straight.nfe
+    steps = [row["step"] for row in read_jsonl(stopped / "metrics.jsonl")]
+    assert steps == list(range(40)), "no lost and no repeated step"
