@@ -13,7 +13,6 @@ so F is unimodal in 1/lambda with minimiser 1/lambda* = (c - mean).Sigma a / |Si
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
