@@ -226,7 +226,7 @@ class RewardFinetuneTask:
         ax.plot([lams[i] for i in order], [r1[i] for i in order], marker=".", label="r1 (upper)")
         ax.plot([lams[i] for i in order], [r2[i] for i in order], marker=".", label="r2 (lower)")
         ax.axvline(chosen, color="k", ls="--", lw=1, label=f"chosen lambda = {chosen:.3g}")
-        ax.set(xscale="log", xlabel="lambda", ylabel="mean reward", title=f"{self.name}: rewards vs lambda ({how})")
+        ax.set(xscale="log", xlabel="lambda", ylabel="mean reward", title=f"{self.name}: rewards vs lambda\n({how})")
         ax.legend(fontsize=7)
         self._save(fig, "rewards_vs_lambda")
 
