@@ -109,9 +109,9 @@ def main() -> None:
         model = ["model=tiny"] if args.tiny else [f"model.weights_dir={weights}", "model.download=false"]
         with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
             cfg = compose("config", ["task=finetune_aesthetic", *model, f"model.path={weights}",
-                                     f"lower_solver.num_steps={args.steps}"])
+                                     f"model.dtype={args.dtype}", f"lower_solver.num_steps={args.steps}"])
         start = time.perf_counter()
-        sd = load_stable_diffusion(cfg.model, device, dtype)
+        sd = load_stable_diffusion(cfg.model, device)
         reward = instantiate(cfg.task.lower_reward).to(device).for_prompt(PROMPT)
         report["load_s"] = time.perf_counter() - start
         report["image_size"] = [int(cfg.model.height), int(cfg.model.width)]

@@ -10,6 +10,7 @@ import sys
 import pytest
 import torch
 from hydra.utils import instantiate
+from safetensors.torch import save_file
 
 from conftest import ROOT, assert_run_contract, compose, run_cli
 
@@ -41,7 +42,7 @@ def _reward(tiny_dir, name: str, tmp_path):
 def tiny_sd(tiny_dir):
     from bilevel_diffusion.models.stable_diffusion import load_stable_diffusion
 
-    return load_stable_diffusion(_cfg(tiny_dir).model, torch.device("cpu"), torch.float32)
+    return load_stable_diffusion(_cfg(tiny_dir).model, torch.device("cpu"))
 
 
 @pytest.mark.parametrize("name", ["clip_score", "aesthetic", "synthetic"])
@@ -70,10 +71,13 @@ def test_the_synthetic_head_is_the_seeded_one_and_is_reused(tiny_dir, tmp_path) 
     from bilevel_diffusion.rewards.synthetic import seeded_head
 
     head = _reward(tiny_dir, "synthetic", tmp_path).net.fc
-    assert (tmp_path / "rewards" / "synthetic_head_seed0.safetensors").is_file()
+    path = tmp_path / "rewards" / "synthetic_head_seed0.safetensors"
+    assert path.is_file()
     torch.testing.assert_close(head.weight.detach(), seeded_head(0)["weight"])
     assert abs(float(seeded_head(0)["weight"].sum()) + 0.128984) < 1e-5  # pinned: the same head on every machine
     assert not torch.equal(seeded_head(0)["weight"], seeded_head(1)["weight"])
+    save_file(seeded_head(5), str(path))  # a head carried from another machine is used as it is
+    torch.testing.assert_close(_reward(tiny_dir, "synthetic", tmp_path).net.fc.bias.detach(), seeded_head(5)["bias"])
 
 
 def test_missing_reward_weights_and_hps_are_clear_config_errors(tiny_dir, tmp_path) -> None:
@@ -128,9 +132,9 @@ def test_a_missing_model_folder_is_a_config_error_naming_it(tiny_dir, tmp_path) 
     from bilevel_diffusion.models.stable_diffusion import load_stable_diffusion
 
     with pytest.raises(ConfigError, match=f"model.path={tmp_path / 'absent'} is not a folder; create the tiny"):
-        load_stable_diffusion(_cfg(tmp_path / "absent").model, torch.device("cpu"), torch.float32)
+        load_stable_diffusion(_cfg(tmp_path / "absent").model, torch.device("cpu"))
     with pytest.raises(ConfigError, match=r"Stable Diffusion weights for .* could not be loaded \(OSError: .*config.json"):
-        load_stable_diffusion(_cfg(tmp_path).model, torch.device("cpu"), torch.float32)
+        load_stable_diffusion(_cfg(tmp_path).model, torch.device("cpu"))
 
 
 @pytest.mark.slow

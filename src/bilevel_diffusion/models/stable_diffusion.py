@@ -3,7 +3,7 @@
 The components (UNet, VAE, CLIP text encoder, tokenizer, training betas) load through diffusers / transformers from
 ``model.path`` (a local folder with ``unet/ vae/ text_encoder/ tokenizer/ scheduler/``) or, when that is null, from
 the hub id ``model.source`` with the usual Hugging Face cache behaviour (``HF_HUB_OFFLINE=1``: cache only). Weights
-are half precision on a GPU when ``hardware.dtype=float16`` and always float32 on the CPU.
+are ``model.dtype`` on a GPU (float16 by default) and always float32 on the CPU.
 
 For the guided sampler (Alg. 5) the model provides, per prompt, the eps-model on latents with classifier-free
 guidance (:meth:`StableDiffusion.eps_for`) and the ``decode`` hook (Tweedie latent -> VAE decoder -> image in
@@ -100,18 +100,20 @@ def _first_line(err: BaseException) -> str:
     return f"{type(err).__name__}: {text[0][:200] if text else ''}"
 
 
-def load_stable_diffusion(model: DictConfig, device: torch.device, dtype: torch.dtype) -> StableDiffusion:
+def load_stable_diffusion(model: DictConfig, device: torch.device) -> StableDiffusion:
     """Load the components named by the ``model`` config group (``model=stable_diffusion`` or ``model=tiny``).
 
     Keys: ``source`` (hub id), ``path`` (local folder; wins over ``source``), ``revision``, ``variant`` (e.g.
-    ``fp16`` weight files), ``height``, ``width``, ``guidance_scale``, ``gradient_checkpointing.{unet,vae}`` and
-    ``hint`` (how to provide the weights, printed when they are missing).
+    ``fp16`` weight files), ``dtype`` (on a GPU), ``height``, ``width``, ``guidance_scale``,
+    ``gradient_checkpointing.{unet,vae}`` and ``hint`` (how to provide the weights, printed when they are missing).
     """
     where = str(model.path) if model.get("path") else str(model.source)
     if model.get("path") and not Path(where).is_dir():
         raise ConfigError(f"model.path={where} is not a folder; {model.hint}")
     options: dict[str, Any] = {"revision": model.get("revision"), "variant": model.get("variant")}
-    dtype = dtype if device.type == "cuda" else torch.float32
+    if str(model.dtype) not in ("float16", "bfloat16", "float32"):
+        raise ConfigError(f"model.dtype must be float16, bfloat16 or float32 (got {model.dtype!r})")
+    dtype = getattr(torch, str(model.dtype)) if device.type == "cuda" else torch.float32
     try:
         unet = UNet2DConditionModel.from_pretrained(where, subfolder="unet", torch_dtype=dtype, **options)
         vae = AutoencoderKL.from_pretrained(where, subfolder="vae", torch_dtype=dtype, **options)

@@ -40,7 +40,7 @@ class FinetuneStableDiffusion(RewardFinetuneTask):
         self.prompts, self.lower_reward, self.upper_reward = list(prompts), lower_reward, upper_reward
 
     def build(self, cfg: DictConfig, ctx: RunContext) -> RewardProblem:
-        sd = load_stable_diffusion(cfg.model, ctx.device, ctx.dtype)
+        sd = load_stable_diffusion(cfg.model, ctx.device)
         self.lower_reward.to(ctx.device)
         self.upper_reward.to(ctx.device)
         return RewardProblem(eps_fn=sd.eps_for, betas=sd.betas, sample_shape=sd.latent_shape, prompts=self.prompts,
