@@ -158,7 +158,8 @@ def test_every_scenario_a_estimator_runs_on_stable_diffusion(tiny_dir, tmp_path,
               "bayesian": ["upper_estimator.n_trials=3", "upper_estimator.n_startup_trials=2"]}.get(method, [])
     result = run_cli("task=finetune_synthetic", "model=tiny", "experiment=smoke", f"model.path={tiny_dir}",
                      f"upper_estimator={method}", *budget, "task.prompts=[fox,horse]", "eval.num_samples=8",
-                     "lower_solver.scheduler=pndm", f"paths.cache_dir={tmp_path}", f"hydra.run.dir={tmp_path / 'run'}")
+                     "lower_solver.scheduler=pndm", "reward.image_size=64", f"paths.cache_dir={tmp_path}",
+                     f"hydra.run.dir={tmp_path / 'run'}")
     assert result.returncode == 0, result.stderr[-2000:]
     summary = assert_run_contract(tmp_path / "run", "finetune_synthetic", method)
     assert summary["sampler_nfe"] > 0 and summary["reward_model"] == "SyntheticReward"
