@@ -1,0 +1,143 @@
+"""``make bench``: speed targets of the project, medians over repeats, written to JSON and Markdown.
+
+``python scripts/bench.py [--repeats 5] [--out results/bench]``
+
+Micro-benchmarks on the MNIST UNet of ``configs/model/unet_mnist.yaml``:
+- guided vs plain sampling step (paper Alg. 5 vs Alg. 4) on the same model and batch; target <= 2.5x;
+- score-matching training throughput of our solver (AdamW + OneCycle + EMA + clipping + NaN checks) against a
+  plain reference loop (AdamW on the same loss, model and batch); target >= 0.95x;
+- the closed-form hyper-gradient (Eq. 13) on a pool against one guided sample; target < 1%.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from bilevel_diffusion.lower_solvers.guided_sampling import GuidedSampler  # noqa: E402
+from bilevel_diffusion.lower_solvers.score_matching import ScoreMatchingSolver, score_matching_loss  # noqa: E402
+from bilevel_diffusion.metrics.classifier import MNISTClassifier  # noqa: E402
+from bilevel_diffusion.schedules.family import CosineSchedule  # noqa: E402
+from bilevel_diffusion.upper_estimators.closed_form import RewardPool, hypergradient  # noqa: E402
+
+
+def median_seconds(*fns: Callable[[], object], repeats: int, warmup: int = 1) -> list[float]:
+    """Median wall time of each function; the functions take turns, so a load change hits them alike."""
+    for fn in fns * warmup:
+        fn()
+    times: list[list[float]] = [[] for _ in fns]
+    for _ in range(repeats):
+        for fn, bucket in zip(fns, times):
+            start = time.perf_counter()
+            fn()
+            bucket.append(time.perf_counter() - start)
+    return [statistics.median(bucket) for bucket in times]
+
+
+def unet() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return instantiate(OmegaConf.load(ROOT / "configs" / "model" / "unet_mnist.yaml"))
+
+
+def bench_guided_step(repeats: int, batch: int = 32, steps: int = 5) -> dict:
+    """Seconds per sampling step with and without look-ahead reward guidance (a CNN log-probability reward)."""
+    model, classifier = unet().eval(), MNISTClassifier().eval()
+    betas = CosineSchedule(start=0.0, end=1.0, tau=1.0, eps=0.008).betas()
+    sampler = GuidedSampler(num_steps=steps, batch_size=batch)
+    noise = torch.randn(batch, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    reward = lambda x: F.log_softmax(classifier(x), dim=1)[:, 3]  # noqa: E731
+    plain, guided = (seconds / steps for seconds in median_seconds(
+        lambda: sampler.sample(model, betas, noise), lambda: sampler.sample(model, betas, noise, reward, lam=1.0),
+        repeats=repeats))
+    return {"name": "guided / plain sampling step", "plain_s": plain, "guided_s": guided,
+            "ratio": guided / plain, "target": "<= 2.5", "met": guided / plain <= 2.5,
+            "setting": f"MNIST UNet, batch {batch}, {steps} DDIM steps"}
+
+
+def bench_training_throughput(repeats: int, batch: int = 64, steps: int = 5) -> dict:
+    """Images/s of ScoreMatchingSolver.step against a bare AdamW loop on the same loss."""
+    abar = CosineSchedule(start=0.0, end=1.0, tau=1.0, eps=0.008).alphas_cumprod()
+    x0 = torch.rand(batch, 1, 28, 28) * 2 - 1
+    solver = ScoreMatchingSolver(unet(), num_steps=10_000, batch_size=batch, lr=1e-4)
+    generator = torch.Generator().manual_seed(0)
+
+    def ours() -> None:
+        for _ in range(steps):
+            solver.step(x0, abar, generator)
+
+    reference_model = unet()
+    optimizer = torch.optim.AdamW(reference_model.parameters(), lr=1e-4)
+
+    def reference() -> None:
+        for _ in range(steps):
+            loss = score_matching_loss(reference_model, abar, x0, generator)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+
+    ours_ips, ref_ips = (batch * steps / seconds for seconds in median_seconds(ours, reference, repeats=repeats))
+    return {"name": "training throughput (ours / plain loop)", "ours_images_per_s": ours_ips,
+            "reference_images_per_s": ref_ips, "ratio": ours_ips / ref_ips, "target": ">= 0.95",
+            "met": ours_ips / ref_ips >= 0.95, "setting": f"MNIST UNet, batch {batch}"}
+
+
+def bench_closed_form_cost(repeats: int, pool_size: int = 4096) -> dict:
+    """One Eq. 13 hyper-gradient on a pool of ``pool_size`` rewards against one guided MNIST sample."""
+    generator = torch.Generator().manual_seed(0)
+    pool = RewardPool(torch.randn(pool_size, generator=generator), torch.randn(pool_size, generator=generator))
+    (estimator,) = median_seconds(lambda: hypergradient(pool, 0.5), repeats=repeats * 20)
+    guided = bench_guided_step(repeats, batch=1, steps=25)["guided_s"] * 25
+    return {"name": "closed-form hyper-gradient / one guided sample", "estimator_s": estimator,
+            "guided_sample_s": guided, "ratio": estimator / guided, "target": "< 0.01",
+            "met": estimator / guided < 0.01, "setting": f"pool {pool_size}; MNIST UNet, 25 guided DDIM steps"}
+
+
+def machine() -> dict:
+    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+
+
+def to_markdown(results: list[dict], info: dict) -> str:
+    lines = [f"Machine: {info['processor']}, {info['cpu_count']} CPUs ({info['torch_threads']} torch threads), "
+             f"torch {info['torch']}, GPU: {info['cuda'] or 'none'}", "",
+             "| benchmark | setting | ratio | target | met |", "|---|---|---|---|---|"]
+    for row in results:
+        ratio = f"{row['ratio']:.3g}" if row.get("ratio") is not None else "not measured"
+        lines.append(f"| {row['name']} | {row['setting']} | {ratio} | {row['target']} | "
+                     f"{'yes' if row.get('met') else 'no' if row.get('ratio') is not None else '–'} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--out", type=Path, default=ROOT / "results" / "bench")
+    args = parser.parse_args()
+    info = machine()
+    results = [bench(args.repeats) for bench in (bench_guided_step, bench_training_throughput,
+                                                 bench_closed_form_cost)]
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "bench.json").write_text(json.dumps({"machine": info, "results": results}, indent=2))
+    markdown = to_markdown(results, info)
+    (args.out / "bench.md").write_text(markdown)
+    print(markdown)
+
+
+if __name__ == "__main__":
+    main()
