@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 
 import torch
@@ -36,7 +37,7 @@ def test_cpu_training_is_deterministic_for_a_seed() -> None:
 def test_solver_state_round_trip_continues_identically() -> None:
     solver, generator = _tiny_solver(0), torch.Generator().manual_seed(0)
     _train(solver, 2, generator)
-    state, gen_state = solver.state_dict(), generator.get_state()
+    state, gen_state = copy.deepcopy(solver.state_dict()), generator.get_state()  # a checkpoint is a snapshot
     expected = _train(solver, 2, generator)
     restored = _tiny_solver(5)
     restored.load_state_dict(state)
