@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -29,6 +30,10 @@ def run_job(cfg: DictConfig) -> float:
     """Run ``cfg.task`` and write the run contract; returns the objective (lower is better)."""
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     guard_run_dir(run_dir, bool(cfg.resume))
+    if cfg.resume and (run_dir / "summary.json").exists():  # finished already: resuming it is a no-op
+        objective = float(json.loads((run_dir / "summary.json").read_text())["objective"])
+        print(f"{run_dir} holds a finished run (objective={objective:.4f}); nothing to resume")
+        return objective if math.isfinite(objective) else float("inf")
     device, dtype = select_device(cfg.hardware)
     seed_everything(int(cfg.seed))
     task = instantiate(cfg.task)
