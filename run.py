@@ -7,24 +7,41 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-os.environ.setdefault("BILEVEL_ROOT", str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent / "src"))
+ROOT = Path(__file__).resolve().parent
+os.environ.setdefault("BILEVEL_ROOT", str(ROOT))
+sys.path.insert(0, str(ROOT / "src"))
 
 from bilevel_diffusion.errors import ConfigError, find_user_error  # noqa: E402
-from bilevel_diffusion.main import run_job  # noqa: E402
+from bilevel_diffusion.preflight import check_overrides  # noqa: E402
+
+
+def fail(user_error: Exception) -> None:
+    """One line on stderr; exit 2 for bad input, 3 for a numerical fault."""
+    print(f"error: {user_error}", file=sys.stderr)
+    sys.exit(2 if isinstance(user_error, ConfigError) else 3)
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="config")
 def main(cfg: DictConfig) -> float:
+    from bilevel_diffusion.main import run_job  # heavy (torch, diffusers): after the cheap checks
+
     try:
         return run_job(cfg)
-    except Exception as err:  # bad input (exit 2) or a NaN/Inf (exit 3): one line, possibly wrapped by instantiate
+    except Exception as err:  # bad input or a NaN/Inf, possibly wrapped by instantiate
         user_error = find_user_error(err)
         if user_error is None:
             raise
-        print(f"error: {user_error}", file=sys.stderr)
-        sys.exit(2 if isinstance(user_error, ConfigError) else 3)
+        fail(user_error)
+
+
+def cli() -> None:
+    """Cheap checks of the command line (unknown options, occupied run directory), then the Hydra job."""
+    try:
+        check_overrides(sys.argv[1:], ROOT / "configs")
+    except ConfigError as err:
+        fail(err)
+    main()
 
 
 if __name__ == "__main__":
-    main()
+    cli()

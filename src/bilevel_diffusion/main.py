@@ -10,26 +10,16 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from bilevel_diffusion.errors import ConfigError
+from bilevel_diffusion.preflight import check_config, guard_run_dir
 from bilevel_diffusion.runtime import RunContext, seed_everything, select_device
 from bilevel_diffusion.tracking.recorder import Recorder
-
-#: files that mean "this directory already holds a run's results"
-RESULT_MARKERS = ("metrics.jsonl", "summary.json", "checkpoints")
-
-
-def guard_run_dir(run_dir: Path, resume: bool) -> None:
-    """Refuse to write over another run's results unless ``resume=true``."""
-    taken = [name for name in RESULT_MARKERS if (run_dir / name).exists()]
-    if taken and not resume:
-        raise ConfigError(f"{run_dir} already holds a run ({', '.join(taken)}); pass resume=true to continue it "
-                          f"or choose another hydra.run.dir")
 
 
 def run_job(cfg: DictConfig) -> float:
     """Run ``cfg.task`` and write the run contract; returns the objective (lower is better)."""
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     guard_run_dir(run_dir, bool(cfg.resume))
+    check_config(cfg)
     if cfg.resume and (run_dir / "summary.json").exists():  # finished already: resuming it is a no-op
         objective = float(json.loads((run_dir / "summary.json").read_text())["objective"])
         print(f"{run_dir} holds a finished run (objective={objective:.4f}); nothing to resume")

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from diffusers.training_utils import EMAModel
 from torch import nn
 
-from bilevel_diffusion.errors import ConfigError, NumericalFault
+from bilevel_diffusion.errors import ConfigError, check_policy, nonfinite
 
 
 def score_matching_loss(model: nn.Module, alphas_cumprod: torch.Tensor, x0: torch.Tensor,
@@ -38,8 +38,7 @@ class ScoreMatchingSolver:
         if batch_size < 1 or num_steps < 0:
             raise ConfigError(f"lower_solver.batch_size must be >= 1 and num_steps >= 0 "
                               f"(got {batch_size}, {num_steps})")
-        if on_nonfinite not in ("stop", "skip"):
-            raise ConfigError(f"lower_solver.on_nonfinite must be stop or skip (got {on_nonfinite!r})")
+        check_policy(on_nonfinite, "lower_solver.on_nonfinite")
         if not 0.0 <= ema_decay < 1.0:
             raise ConfigError(f"lower_solver.ema_decay must be in [0, 1) (got {ema_decay})")
         self.model = model
@@ -79,10 +78,8 @@ class ScoreMatchingSolver:
         return float(loss.detach())
 
     def _skip_nonfinite(self, quantity: str) -> float:
-        message = f"non-finite score-matching {quantity} at step {self.step_count + 1}"
-        if self.on_nonfinite == "stop":
-            raise NumericalFault(f"{message}; the last good checkpoint is kept (lower_solver.on_nonfinite=skip "
-                                 f"skips such batches instead)")
+        nonfinite(self.on_nonfinite, f"score-matching {quantity}", f"step {self.step_count + 1}",
+                  "lower_solver.on_nonfinite")
         self.skipped_steps += 1
         self.step_count += 1
         if self.lr_scheduler is not None:

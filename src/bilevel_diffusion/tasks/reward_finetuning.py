@@ -14,11 +14,13 @@ Every method ends with the same *reported* evaluation at its chosen lambda: guid
 (``eval.num_samples``, ``eval.seed``) for every prompt, scored by r1, r2 and ``fid_vs_pretrained`` (drift from the
 pre-trained samples on the same noise), averaged over prompts; ``objective = -r1`` (lower is better).
 ``sampler_nfe`` = ``method_nfe`` (what the method spent choosing lambda) + the reported evaluation's NFEs; the
-pre-trained reference samples for the drift are counted apart (``reference_nfe``).
+pre-trained reference samples for the drift are counted apart (``reference_nfe``). A NaN/Inf mean reward in the
+reported evaluation stops the run (exit 3); a search trial with a non-finite objective is a failed trial.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -31,7 +33,7 @@ import torch  # noqa: E402
 from hydra.utils import instantiate  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-from bilevel_diffusion.errors import ConfigError  # noqa: E402
+from bilevel_diffusion.errors import ConfigError, NumericalFault  # noqa: E402
 from bilevel_diffusion.lower_solvers.guided_sampling import EpsFn, GuidedSampler, Reward  # noqa: E402
 from bilevel_diffusion.runtime import RunContext  # noqa: E402
 from bilevel_diffusion.upper_estimators.closed_form import (BilevelTrace, ClosedFormEstimator,  # noqa: E402
@@ -158,6 +160,10 @@ class RewardFinetuneTask:
                 reward: Callable[[Any], Reward] | None = None) -> dict[str, Any]:
         """The reported evaluation at the chosen ``lam`` (same noise for every method)."""
         result = self.evaluate(lam, "eval", reward, save_as="samples")
+        for name in ("r1", "r2"):
+            if not math.isfinite(result[name]):
+                raise NumericalFault(f"non-finite reward {name} in the reported evaluation at step {step} "
+                                     f"(lambda={lam:.4g})")
         result.update(method_nfe=method_nfe, sampler_nfe=method_nfe + result["sampler_nfe"],
                       eval_num_samples=int(self.eval_cfg.num_samples))
         self.ctx.recorder.log(step, **result)

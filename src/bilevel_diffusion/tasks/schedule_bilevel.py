@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from bilevel_diffusion.checkpoint import load_checkpoint, save_checkpoint
 from bilevel_diffusion.data.mnist import ImageData
-from bilevel_diffusion.errors import ConfigError
+from bilevel_diffusion.errors import ConfigError, NumericalFault, nonfinite
 from bilevel_diffusion.evaluation import fixed_noise
 from bilevel_diffusion.lower_solvers.score_matching import score_matching_loss
 from bilevel_diffusion.metrics.image_quality import ImageQuality
@@ -103,6 +103,11 @@ class ScheduleBilevel:
                                   self._lower_loss(self.solver.model, x0, noise_seed), self.objective, gamma,
                                   self.estimator.delta, self.estimator.delta_z, self.estimator.num_directions,
                                   self.generator, upper_scale=self.upper.width)
+        where = f"outer step {self.outer_step + 1} (theta_y step {self.solver.step_count})"
+        for quantity, tensors in (("schedule hyper-gradient", [grads.upper]), ("theta_z gradient", grads.penalised)):
+            if not all(bool(torch.isfinite(t).all()) for t in tensors):
+                nonfinite(self.estimator.on_nonfinite, quantity, where, "upper_estimator.on_nonfinite")
+                return {"objective_fid": grads.objective, "gamma": gamma, "nonfinite_skipped": 1}
         for p, g in zip(params_z, grads.penalised):
             p.grad = g
         if self.cfg.lower_solver.grad_clip:
@@ -111,6 +116,8 @@ class ScheduleBilevel:
         self.optimizer_z.zero_grad(set_to_none=True)
         self.lr_scheduler_z.step()
         self.upper.step(grads.upper)
+        if not bool(torch.isfinite(self.schedule.raw).all()):
+            raise NumericalFault(f"non-finite schedule parameters at {where}; the last good checkpoint is kept")
         return {"objective_fid": grads.objective, "loss_z": grads.lower_penalised, "gamma": gamma,
                 "zo_skipped": grads.skipped_directions, "objective_nfe": self.objective_nfe, **grads.norms}
 

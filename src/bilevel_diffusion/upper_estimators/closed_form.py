@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 import torch
 
 from bilevel_diffusion.checkpoint import load_checkpoint, save_checkpoint
-from bilevel_diffusion.errors import ConfigError
+from bilevel_diffusion.errors import ConfigError, NumericalFault, check_policy, nonfinite
 from bilevel_diffusion.runtime import RunContext
 
 
@@ -41,6 +41,11 @@ class RewardPool:
     r2: torch.Tensor
     lam_ref: float | None = None
     nfe: int = 0          # sampler network evaluations spent drawing this pool
+
+    def finite(self) -> RewardPool:
+        """The samples whose r1 and r2 are both finite."""
+        keep = torch.isfinite(self.r1) & torch.isfinite(self.r2)
+        return RewardPool(self.r1[keep], self.r2[keep], self.lam_ref, self.nfe)
 
     def log_proposal(self) -> torch.Tensor:
         """log of the proposal density relative to p_pre, up to a constant."""
@@ -98,12 +103,16 @@ class ClosedFormEstimator:
     projected onto ``[lambda_min, lambda_max]``. ``refresh_every = k > 0`` redraws the pool from the guided sampler
     at the current lambda every k steps (importance samples from p_lambda); ``refresh_min_ess = f > 0`` also
     redraws it whenever the effective sample size of the weights falls below ``f N``.
+
+    Numerical faults: a NaN/Inf reward in a pool, hyper-gradient or lambda raises :class:`NumericalFault` naming the
+    step and the quantity before lambda or the checkpoint change (``on_nonfinite=stop``); ``on_nonfinite=skip``
+    drops the pool's non-finite samples and skips a step whose hyper-gradient or lambda is non-finite.
     """
 
     def __init__(self, name: str = "closed_form", lambda_init: float = 5.0, lambda_min: float = 1e-3,
                  lambda_max: float = 1e3, gamma: float | None = None, num_steps: int = 100, lr: float = 0.1,
                  optimizer: str = "adam", param: str = "log", refresh_every: int = 10,
-                 refresh_min_ess: float = 0.0, final_lr_fraction: float = 0.01) -> None:
+                 refresh_min_ess: float = 0.0, final_lr_fraction: float = 0.01, on_nonfinite: str = "stop") -> None:
         if not 0 < lambda_min < lambda_max:
             raise ConfigError(f"need 0 < upper_estimator.lambda_min < lambda_max (got {lambda_min}, {lambda_max})")
         if not lambda_min <= lambda_init <= lambda_max:
@@ -120,6 +129,26 @@ class ClosedFormEstimator:
         self.gamma, self.num_steps, self.lr, self.optimizer, self.param = gamma, num_steps, lr, optimizer, param
         self.refresh_every, self.refresh_min_ess, self.final_lr_fraction = (refresh_every, refresh_min_ess,
                                                                            final_lr_fraction)
+        self.on_nonfinite = check_policy(on_nonfinite, "upper_estimator.on_nonfinite")
+
+    def _fault(self, quantity: str, step: int) -> None:
+        """A non-finite ``quantity``: raise (``on_nonfinite=stop``) or return, and the caller skips it."""
+        nonfinite(self.on_nonfinite, quantity, f"bilevel step {step}", "upper_estimator.on_nonfinite")
+
+    def _checked(self, pools: Sequence[RewardPool], step: int) -> list[RewardPool]:
+        """The pools with their non-finite rewards dropped (``skip``) or a fault (``stop``)."""
+        checked = []
+        for index, pool in enumerate(pools):
+            for name in ("r1", "r2"):
+                bad = int((~torch.isfinite(getattr(pool, name))).sum())
+                if bad:
+                    self._fault(f"reward {name} ({bad} of {pool.r1.shape[0]} samples, prompt #{index})", step)
+            pool = pool.finite()
+            if pool.r1.shape[0] < 2:
+                raise NumericalFault(f"fewer than 2 finite rewards in the pool of prompt #{index} at bilevel step "
+                                     f"{step}")
+            checked.append(pool)
+        return checked
 
     def _refresh_due(self, step: int, pools: Sequence[RewardPool], lam: float) -> bool:
         """Every ``refresh_every`` steps, or when the weights at ``lam`` keep < ``refresh_min_ess`` of a pool."""
@@ -160,21 +189,28 @@ class ClosedFormEstimator:
             pools, trace, start = state["pools"], state["trace"], state["step"]
             ctx.recorder.resume_from(start - 1, state["wall_clock_s"])
         else:
-            pools = list(draw(None, 0))
+            pools = self._checked(draw(None, 0), 0)
             trace = BilevelTrace(self.lambda_init, nfe=sum(p.nfe for p in pools))
         for step in range(start, self.num_steps):
             lam = self._to_lambda(theta)
             if self._refresh_due(step, pools, lam):
-                pools = list(draw(lam, step))
+                pools = self._checked(draw(lam, step), step)
                 trace.nfe += sum(p.nfe for p in pools)
             estimates = [hypergradient(pool, lam, self.gamma) for pool in pools]
             grad = sum(e.grad for e in estimates) / len(estimates)
             ess = min(e.ess for e in estimates)
+            previous = theta.detach().clone()
             theta.grad = torch.tensor(grad * lam if self.param == "log" else grad, dtype=torch.float64)
-            optim.step()
+            if math.isfinite(grad):
+                optim.step()
+            else:
+                self._fault(f"hyper-gradient (lambda={lam:.4g})", step)
             schedule.step()
             with torch.no_grad():
                 theta.clamp_(*bounds)
+                if not math.isfinite(self._to_lambda(theta)):
+                    self._fault("lambda", step)
+                    theta.copy_(previous)
             trace.lambdas.append(lam)
             trace.grads.append(grad)
             trace.ess.append(ess)

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
-from bilevel_diffusion.errors import ConfigError
+from bilevel_diffusion.errors import ConfigError, check_policy
 
 #: ``objective(seed) -> value``; both evaluations of one direction get the same seed (common random numbers)
 Objective = Callable[[int], float]
@@ -141,12 +141,14 @@ class ZerothOrderEstimator:
     ``inner_steps`` theta_y steps (the last one takes what is left); after the first ``warmup_fraction`` of the
     outer steps (schedule frozen) each outer step also takes one theta_z step and one schedule step. gamma grows
     linearly from ``gamma`` to ``gamma_end`` over the bilevel outer steps (``gamma_end: null`` keeps it constant).
+    ``on_nonfinite``: a NaN/Inf schedule hyper-gradient or theta_z gradient stops the run (``stop``) or skips that
+    outer step's theta_z and schedule update (``skip``).
     """
 
     def __init__(self, name: str = "zeroth_order", inner_steps: int = 10, warmup_fraction: float = 0.5,
                  gamma: float = 1.0, gamma_end: float | None = None, num_directions: int = 1, delta: float = 0.01,
                  delta_z: float = 0.01, n_obj: int = 36, obj_inference_steps: int = 10, obj_batch_size: int = 500,
-                 schedule_lr: float = 0.02, lr_z: float = 1.0e-3) -> None:
+                 schedule_lr: float = 0.02, lr_z: float = 1.0e-3, on_nonfinite: str = "stop") -> None:
         gamma_end = gamma if gamma_end is None else gamma_end
         checks = [(inner_steps >= 1, f"inner_steps must be >= 1 (got {inner_steps})"),
                   (0 <= warmup_fraction < 1, f"warmup_fraction must be in [0, 1) (got {warmup_fraction})"),
@@ -165,6 +167,7 @@ class ZerothOrderEstimator:
         self.num_directions, self.delta, self.delta_z = int(num_directions), float(delta), float(delta_z)
         self.n_obj, self.obj_inference_steps = int(n_obj), int(obj_inference_steps)
         self.obj_batch_size, self.schedule_lr, self.lr_z = int(obj_batch_size), float(schedule_lr), float(lr_z)
+        self.on_nonfinite = check_policy(on_nonfinite, "upper_estimator.on_nonfinite")
 
     def outer_steps(self, lower_steps: int) -> tuple[int, int]:
         """(warm-up outer steps, bilevel outer steps) for ``lower_steps`` theta_y steps in all."""
