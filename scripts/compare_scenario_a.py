@@ -52,11 +52,11 @@ def plot_curve(runs: dict[str, Path], path: Path) -> None:
     trials.sort(key=lambda row: row["lambda"])
     fig, ax = plt.subplots(figsize=(6, 3.6))
     ax.plot([t["lambda"] for t in trials], [t["r1"] for t in trials], marker="o", label="r1 (strong CNN)")
-    ax.plot([t["lambda"] for t in trials], [t["r2"] for t in trials], marker="s", label="r2 (linear proxy)")
+    ax.plot([t["lambda"] for t in trials], [t["r2"] for t in trials], marker="s", label="r2 (proxy log-odds)")
     for i, (method, run_dir) in enumerate(runs.items()):
         lam = json.loads((run_dir / "summary.json").read_text())["lambda"]
         ax.axvline(lam, color=f"C{i + 2}", ls="--", lw=1, label=f"{method}: {lam:.3g}")
-    ax.set(xscale="log", xlabel="lambda", ylabel="mean log-probability of the target digit",
+    ax.set(xscale="log", xlabel="lambda", ylabel="mean reward of the target digit",
            title="finetune_mnist: over-optimisation of the proxy")
     ax.legend(fontsize=7)
     fig.tight_layout()

@@ -82,9 +82,12 @@ class GuidedSamples:
 class GuidedSampler:
     """Guided deterministic sampling (Alg. 5 with Alg. 4's sampler); ``lam = None`` or no reward: unguided.
 
-    ``clip_sample``: the data live in [-1, 1] (pixel models): DDIM clips its x0 estimate, the reward sees the Tweedie
-    estimate clamped to [-1, 1] (without it, an imperfect model's x0_hat at high noise is far outside the image range
-    and strong guidance blows up) and the output is clamped.
+    ``clip_sample``: the data live in [-1, 1] (pixel models): DDIM clips its x0 estimate and re-derives eps from the
+    clipped x0 (``use_clipped_model_output``: otherwise the guidance shift that the clip removed from x0 stays in
+    eps, the "direction to x_t" term of the DDIM update carries it as a huge noise-like pattern, and at small lambda
+    the samples turn into noise whose reward *falls*), the reward sees the Tweedie estimate clamped to [-1, 1]
+    (without it, an imperfect model's x0_hat at high noise is far outside the image range and strong guidance blows
+    up) and the output is clamped.
     ``scheduler``: ``ddim`` (deterministic DDIM, paper Alg. 4) or ``dpm_solver`` (diffusers' DPM-Solver++ 2M, a
     second-order solver of the same ODE: far smaller discretisation error at equal steps) or ``pndm`` (PLMS with
     ``skip_prk_steps``, Stable Diffusion v1.5's default and the official code's sampler; ``num_steps + 1`` passes).
@@ -137,6 +140,7 @@ class GuidedSampler:
         """One DDIM pass; the look-ahead guidance shift is applied when ``reward`` and ``lam`` are given."""
         scheduler.set_timesteps(self.num_steps)
         guided = reward is not None and lam is not None
+        step_kwargs = {"use_clipped_model_output": True} if isinstance(scheduler, DDIMScheduler) else {}
         for t in scheduler.timesteps:
             t_batch = t.to(x.device).expand(x.shape[0])
             if guided:
@@ -152,5 +156,5 @@ class GuidedSampler:
             else:
                 with torch.no_grad():
                     eps = eps_fn(x, t_batch)
-            x = scheduler.step(eps, t, x.detach()).prev_sample
+            x = scheduler.step(eps, t, x.detach(), **step_kwargs).prev_sample
         return x.clamp(-1, 1) if self.clip_sample else x
