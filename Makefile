@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 MODE   ?= quick
 
-.PHONY: help install test test-all demo smoke bench clean-outputs
+.PHONY: help install test test-all demo smoke bench reproduce aggregate clean-outputs
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -31,8 +31,14 @@ demo: $(STAMP)  ## train an MNIST diffusion model on CPU (under 10 minutes on 2 
 smoke: $(STAMP)  ## the CI-sized run of task=train_mnist
 	$(PY) run.py task=train_mnist experiment=smoke hydra.run.dir=outputs/smoke/$$(date +%Y-%m-%d_%H-%M-%S)
 
-bench: $(STAMP)  ## speed targets (guided vs plain step, training throughput, estimator cost) -> results/bench/
-	$(PY) scripts/bench.py --out results/bench
+bench: $(STAMP)  ## speed targets (sampling, training, estimator cost; bilevel vs search from reproduce runs) -> results/bench/
+	$(PY) scripts/bench.py --out results/bench --runs outputs/reproduce/quick
+
+reproduce: $(STAMP)  ## the paper's tables and figures: MODE=smoke|quick|full (plans in configs/reproduce/)
+	$(PY) scripts/reproduce.py --mode $(MODE)
+
+aggregate: $(STAMP)  ## rebuild the tables and figures from existing runs: RUNS=outputs/reproduce/quick OUT=results
+	$(PY) scripts/aggregate.py $(or $(RUNS),outputs/reproduce/$(MODE)) --out $(or $(OUT),results$(if $(filter smoke,$(MODE)),/smoke))
 
 clean-outputs:  ## delete run directories (keeps outputs/cache)
 	rm -rf outputs/runs outputs/multirun outputs/demo outputs/smoke

@@ -4,9 +4,14 @@
 
 Micro-benchmarks on the MNIST UNet of ``configs/model/unet_mnist.yaml``:
 - guided vs plain sampling step (paper Alg. 5 vs Alg. 4) on the same model and batch; target <= 2.5x;
-- score-matching training throughput of our solver (AdamW + OneCycle + EMA + clipping + NaN checks) against a
-  plain reference loop (AdamW on the same loss, model and batch); target >= 0.95x;
-- the closed-form hyper-gradient (Eq. 13) on a pool against one guided sample; target < 1%.
+- score-matching training throughput of our solver against a plain reference loop written like diffusers'
+  unconditional-training example (AdamW, LR schedule, EMA, gradient clipping) on the same loss, model and batch:
+  what is measured is our machinery (NaN/Inf checks, distributed hooks); target >= 0.95x;
+- the closed-form hyper-gradient (Eq. 13) on a pool against one guided sample; target < 1%;
+- from the runs of ``make reproduce`` (``--runs``, default outputs/reproduce/quick): Scenario B wall clock of the
+  bilevel run over Bayesian search's time to its best FID (target <= 1/5) and Scenario A sampler NFEs of the
+  bilevel method over those of the best grid / Bayesian search (target <= 1/4); see
+  ``bilevel_diffusion/reporting/speedups.py``.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from diffusers.training_utils import EMAModel
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
@@ -32,6 +38,7 @@ sys.path.insert(0, str(ROOT / "src"))
 from bilevel_diffusion.lower_solvers.guided_sampling import GuidedSampler  # noqa: E402
 from bilevel_diffusion.lower_solvers.score_matching import ScoreMatchingSolver, score_matching_loss  # noqa: E402
 from bilevel_diffusion.metrics.classifier import MNISTClassifier  # noqa: E402
+from bilevel_diffusion.reporting.speedups import Speedup, nfe_to_best_search, time_to_bayesian_best  # noqa: E402
 from bilevel_diffusion.schedules.family import CosineSchedule  # noqa: E402
 from bilevel_diffusion.upper_estimators.closed_form import RewardPool, hypergradient  # noqa: E402
 
@@ -70,7 +77,7 @@ def bench_guided_step(repeats: int, batch: int = 32, steps: int = 5) -> dict:
 
 
 def bench_training_throughput(repeats: int, batch: int = 64, steps: int = 5) -> dict:
-    """Images/s of ScoreMatchingSolver.step against a bare AdamW loop on the same loss."""
+    """Images/s of ScoreMatchingSolver.step against a plain loop with the same optimiser, schedule, EMA, clipping."""
     abar = CosineSchedule(start=0.0, end=1.0, tau=1.0, eps=0.008).alphas_cumprod()
     x0 = torch.rand(batch, 1, 28, 28) * 2 - 1
     solver = ScoreMatchingSolver(unet(), num_steps=10_000, batch_size=batch, lr=1e-4)
@@ -82,13 +89,18 @@ def bench_training_throughput(repeats: int, batch: int = 64, steps: int = 5) -> 
 
     reference_model = unet()
     optimizer = torch.optim.AdamW(reference_model.parameters(), lr=1e-4)
+    lr_scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=1e-4, total_steps=10_000)
+    ema = EMAModel(reference_model.parameters(), decay=0.999)
 
     def reference() -> None:
         for _ in range(steps):
             loss = score_matching_loss(reference_model, abar, x0, generator)
-            optimizer.zero_grad()
+            optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            torch.nn.utils.clip_grad_norm_(reference_model.parameters(), 1.0)
             optimizer.step()
+            lr_scheduler.step()
+            ema.step(reference_model.parameters())
 
     ours_ips, ref_ips = (batch * steps / seconds for seconds in median_seconds(ours, reference, repeats=repeats))
     return {"name": "training throughput (ours / plain loop)", "ours_images_per_s": ours_ips,
@@ -105,6 +117,29 @@ def bench_closed_form_cost(repeats: int, pool_size: int = 4096) -> dict:
     return {"name": "closed-form hyper-gradient / one guided sample", "estimator_s": estimator,
             "guided_sample_s": guided, "ratio": estimator / guided, "target": "< 0.01",
             "met": estimator / guided < 0.01, "setting": f"pool {pool_size}; MNIST UNet, 25 guided DDIM steps"}
+
+
+def bench_scenario_b_time(runs: Path) -> dict:
+    """Scenario B: bilevel wall clock / Bayesian search's wall clock to its best FID (reproduce runs)."""
+    speedup = time_to_bayesian_best(runs / "scenario_b")
+    return _speedup_row("Scenario B: time to Bayesian's best FID (bilevel / Bayesian)", speedup, 1 / 5,
+                        "<= 0.2", f"{runs.name} reproduce runs, median over seeds")
+
+
+def bench_scenario_a_nfe(runs: Path) -> dict:
+    """Scenario A: bilevel NFEs / NFEs of the best grid or Bayesian search, at r1 as good (reproduce runs)."""
+    speedup = nfe_to_best_search(runs / "finetune_mnist")
+    return _speedup_row("Scenario A: sampler NFEs to the best search's r1 (bilevel / search)", speedup, 1 / 4,
+                        "<= 0.25", f"finetune_mnist, {runs.name} reproduce runs, median over seeds")
+
+
+def _speedup_row(name: str, speedup: Speedup, limit: float, target: str, setting: str) -> dict:
+    ratio = speedup.median
+    if not speedup.ratios and not speedup.missed:
+        setting = f"not measured: no finished runs (run `make reproduce MODE=quick` first); {setting}"
+    return {"name": name, "ratio": ratio, "per_seed": speedup.ratios, "target": target,
+            "met": ratio is not None and ratio <= limit and not speedup.missed,
+            "setting": f"{setting}; {speedup.describe()}"}
 
 
 def machine() -> dict:
@@ -128,10 +163,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "bench")
+    parser.add_argument("--runs", type=Path, default=ROOT / "outputs" / "reproduce" / "quick",
+                        help="make reproduce run directories for the two comparison ratios")
     args = parser.parse_args()
     info = machine()
     results = [bench(args.repeats) for bench in (bench_guided_step, bench_training_throughput,
                                                  bench_closed_form_cost)]
+    results += [bench(args.runs) for bench in (bench_scenario_b_time, bench_scenario_a_nfe)]
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "bench.json").write_text(json.dumps({"machine": info, "results": results}, indent=2))
     markdown = to_markdown(results, info)

@@ -1,4 +1,4 @@
-"""Figures of Scenario B: schedules (alpha-bar_t and beta_t), schedule parameters over steps, FID over wall clock."""
+"""Figures: schedules (alpha-bar_t and beta_t), schedule parameters over steps, FID over wall clock; `save_figure`."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ def plot_schedules(curves: Mapping[str, NoiseSchedule], path: Path, title: str =
     left.legend(fontsize=8)
     if title:
         fig.suptitle(title)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_parameter_traces(traces: Mapping[str, Sequence[Mapping[str, float]]], names: Sequence[str],
@@ -41,7 +41,7 @@ def plot_parameter_traces(traces: Mapping[str, Sequence[Mapping[str, float]]], n
                 ax.plot(*zip(*points), label=label)
         ax.set(xlabel="theta_y step", title=name)
     axes[0][0].legend(fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_fid_over_wall_clock(curves: Mapping[str, Sequence[tuple[float, float]]], path: Path,
@@ -53,10 +53,10 @@ def plot_fid_over_wall_clock(curves: Mapping[str, Sequence[tuple[float, float]]]
         ax.step(seconds, fids, where="post", marker="o", label=label)
     ax.set(xlabel="wall clock (s)", ylabel=ylabel)
     ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
-def _save(fig: plt.Figure, path: Path) -> Path:
+def save_figure(fig: plt.Figure, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
     fig.savefig(path, dpi=120)

@@ -22,6 +22,10 @@ TABLE_COLUMNS: dict[str, list[tuple[str, str]]] = {
     "table2": [("FID", "fid"), ("IS", "is"), ("wall-clock (s)", "wall_clock_s"), ("trainings used", "trainings_used"),
                ("sampler NFEs", "sampler_nfe")],
 }
+#: columns that count things (printed without decimals)
+COUNT_KEYS = {"sampler_nfe", "trainings_used"}
+PAPER_NOTE = ("Mean ± std over seeds. `paper`: the paper's reported number from configs/paper_numbers.yaml; "
+              "empty where it is not known to this project (none is, so far).")
 #: which table a task's runs go to
 TABLE_OF_TASK = {"finetune_gaussian": "table1", "finetune_mnist": "table1", "finetune_aesthetic": "table1",
                  "finetune_synthetic": "table1", "finetune_hps": "table1",
@@ -63,11 +67,11 @@ def build_rows(summaries: Iterable[Mapping], table: str, paper: Mapping[str, Map
     return rows
 
 
-def _cell(value: tuple[float, float] | None, plus_minus: str = " ± ") -> str:
+def _cell(value: tuple[float, float] | None, plus_minus: str = " ± ", count: bool = False) -> str:
     if value is None:
         return "–"
     mean, std = value
-    digits = 0 if abs(mean) >= 1000 else (2 if abs(mean) >= 1 else 4)
+    digits = 0 if count or abs(mean) >= 1000 else (2 if abs(mean) >= 1 else 4)
     text = f"{mean:.{digits}f}" if math.isfinite(mean) else str(mean)
     return text + (f"{plus_minus}{std:.{digits}f}" if std else "")
 
@@ -78,12 +82,13 @@ def _header(table: str) -> list[str]:
 
 def _cells(row: Row, table: str, plus_minus: str = " ± ") -> list[str]:
     return [row.task, row.method, str(len(row.seeds)),
-            *[_cell(row.cells[key], plus_minus) for _, key in TABLE_COLUMNS[table]], row.paper]
+            *[_cell(row.cells[key], plus_minus, key in COUNT_KEYS) for _, key in TABLE_COLUMNS[table]], row.paper]
 
 
 def to_markdown(rows: Sequence[Row], table: str) -> str:
     lines = ["| " + " | ".join(_header(table)) + " |", "|" + "---|" * len(_header(table))]
     lines += ["| " + " | ".join(_cells(row, table)) + " |" for row in rows]
+    lines += ["", PAPER_NOTE]
     return "\n".join(lines) + "\n"
 
 

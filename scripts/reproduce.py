@@ -1,0 +1,57 @@
+"""Reproduce the paper's tables and figures: ``python scripts/reproduce.py --mode smoke|quick|full`` (``make reproduce``).
+
+Prints the plan of ``configs/reproduce/MODE.yaml`` and its time estimate, runs every comparison as Hydra multiruns
+into ``--runs`` (resumable: run it again after a stop), then aggregates every finished run into ``--results``
+(``scripts/aggregate.py`` does only that step). Extra ``key=value`` arguments go to every job.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "scripts"))
+
+from aggregate import aggregate  # noqa: E402
+
+from bilevel_diffusion.errors import ConfigError  # noqa: E402
+from bilevel_diffusion.reproduce import describe, load_plan, run_comparison  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--mode", default="quick", help="plan in configs/reproduce/: smoke, quick or full")
+    parser.add_argument("--runs", type=Path, help="run directories (default outputs/reproduce/MODE)")
+    parser.add_argument("--results", type=Path, help="tables and figures (default results/, results/smoke/ for smoke)")
+    parser.add_argument("--only", nargs="+", metavar="COMPARISON", help="run only these comparisons of the plan")
+    parser.add_argument("--plan-only", action="store_true", help="print the plan and the estimate, run nothing")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides for every job")
+    args = parser.parse_args()
+    try:
+        plan = load_plan(args.mode)
+    except ConfigError as err:
+        sys.exit(f"error: {err}")
+    if args.only:
+        unknown = set(args.only) - {c.name for c in plan.comparisons}
+        if unknown:
+            sys.exit(f"error: --only {sorted(unknown)} not in the plan {[c.name for c in plan.comparisons]}")
+        plan.comparisons = [c for c in plan.comparisons if c.name in args.only]
+    runs = (args.runs or ROOT / "outputs" / "reproduce" / args.mode).resolve()
+    results = (args.results or ROOT / "results" / ("smoke" if args.mode == "smoke" else "")).resolve()
+    print(describe(plan, runs), flush=True)
+    if args.plan_only:
+        return
+    start = time.monotonic()
+    for comparison in plan.comparisons:
+        print(f"== {comparison.name} ==", flush=True)
+        run_comparison(comparison, plan.seeds, runs, args.overrides)
+    print(f"all jobs finished in {(time.monotonic() - start) / 60:.1f} min", flush=True)
+    aggregate(runs, results)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,77 @@
+"""Figures of Scenario A (paper Sec. 3.1, Fig. 1) from run directories of one seed, one per method.
+
+Reads only the run contract (SPEC §5): ``summary.json``, ``metrics.jsonl`` and the PNGs a run writes, so it can be
+re-run on finished runs.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.image as mpimg  # noqa: E402
+import matplotlib.pyplot as plt  # noqa: E402
+
+from bilevel_diffusion.reporting.figures import save_figure  # noqa: E402
+
+
+def _summary(run_dir: Path) -> dict:
+    return json.loads((run_dir / "summary.json").read_text())
+
+
+def search_trials(run_dir: Path) -> list[dict]:
+    """The evaluated trials of a search run (rows of ``metrics.jsonl`` holding ``trial``), by lambda."""
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
+    return sorted((row for row in rows if "trial" in row), key=lambda row: row["lambda"])
+
+
+def plot_rewards_vs_lambda(runs: Mapping[str, Path], path: Path, curve_from: str = "grid") -> Path:
+    """r1 and r2 of the ``curve_from`` search's trials against lambda (the over-optimisation curve), with every
+    method's chosen lambda marked."""
+    trials = search_trials(runs[curve_from])
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    ax.plot([t["lambda"] for t in trials], [t["r1"] for t in trials], marker="o", label="r1 (upper objective)")
+    ax.plot([t["lambda"] for t in trials], [t["r2"] for t in trials], marker="s", label="r2 (fine-tuned reward)")
+    for i, (method, run_dir) in enumerate(runs.items()):
+        lam = _summary(run_dir)["lambda"]
+        ax.axvline(lam, color=f"C{i + 2}", ls="--", lw=1, label=f"{method}: {lam:.3g}")
+    ax.set(xscale="log", xlabel="lambda", ylabel="mean reward of the guided samples",
+           title=f"{_summary(runs[curve_from])['task']}: rewards against lambda")
+    ax.legend(fontsize=7)
+    return save_figure(fig, path)
+
+
+def plot_samples_small_chosen_large(runs: Mapping[str, Path], path: Path, bilevel: str = "closed_form",
+                                    grid: str = "grid") -> Path:
+    """Guided samples at the grid's smallest lambda, at the bilevel method's lambda and at the grid's largest."""
+    images = sorted(runs[grid].glob("trial_lambda_*.png"), key=lambda p: float(p.stem.split("_")[-1]))
+    panels = [(f"lambda = {images[0].stem.split('_')[-1]}", images[0]),
+              (f"bilevel lambda = {_summary(runs[bilevel])['lambda']:.3g}", runs[bilevel] / "samples.png"),
+              (f"lambda = {images[-1].stem.split('_')[-1]}", images[-1])]
+    fig, axes = plt.subplots(1, 3, figsize=(10, 3.4))
+    for ax, (title, image) in zip(axes, panels):
+        ax.imshow(mpimg.imread(str(image)), cmap="gray")
+        ax.set_title(title, fontsize=9)
+        ax.axis("off")
+    return save_figure(fig, path)
+
+
+def write_figures(runs: Mapping[str, Path], out_dir: Path, bilevel: str = "closed_form") -> dict[str, Path]:
+    """``rewards_vs_lambda.png``, ``samples_small_chosen_large.png`` (need a ``grid`` run) and the bilevel run's
+    ``lambda_trace.png`` (lambda over bilevel steps) in ``out_dir``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = {}
+    if "grid" in runs and any(runs["grid"].glob("trial_lambda_*.png")):
+        written["rewards_vs_lambda"] = plot_rewards_vs_lambda(runs, out_dir / "rewards_vs_lambda.png")
+        if bilevel in runs:
+            written["samples"] = plot_samples_small_chosen_large(runs, out_dir / "samples_small_chosen_large.png",
+                                                                 bilevel)
+    if bilevel in runs and (runs[bilevel] / "lambda_trace.png").exists():
+        written["lambda_trace"] = Path(shutil.copyfile(runs[bilevel] / "lambda_trace.png",
+                                                       out_dir / "lambda_trace.png"))
+    return written

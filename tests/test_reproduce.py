@@ -1,0 +1,147 @@
+"""``make reproduce``: the plans compose, the budget of equal compute reaches the searches, and MODE=smoke runs
+every comparison through Hydra multirun and produces every table and figure file (the CI run of issue 6)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from omegaconf import OmegaConf
+
+from bilevel_diffusion.reproduce import Comparison, load_plan, run_comparison
+from conftest import ROOT, assert_run_contract, compose, read_jsonl, run_cli
+
+MODES = ("smoke", "quick", "full")
+
+
+def _reproduce(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "scripts" / "reproduce.py"), *args], capture_output=True,
+                          text=True, cwd=ROOT, timeout=600)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_every_job_of_every_plan_composes(mode) -> None:
+    plan = load_plan(mode)
+    assert plan.seeds and plan.num_jobs == len(plan.seeds) * sum(len(c.methods) for c in plan.comparisons)
+    for c in plan.comparisons:
+        for method in c.methods:
+            experiment = [f"experiment={c.experiment}"] if c.experiment else []
+            cfg = compose(f"task={c.task}", *experiment, f"upper_estimator={method}", *c.overrides)
+            assert method.startswith(cfg.upper_estimator.name) and cfg.task.name == c.task
+
+
+def test_equal_compute_gives_the_searches_the_bilevel_wall_clock(tmp_path) -> None:
+    comparison = Comparison(name="b", task="noise_schedule_mnist", bilevel="zeroth_order",
+                            baselines=["fixed", "random", "bayesian"], budget_factor=2.0)
+    commands = []
+
+    def fake_run(command: list[str]) -> None:
+        commands.append(command)
+        for seed, wall in ((0, 10.0), (1, 20.0)):
+            run_dir = tmp_path / "b" / "zeroth_order" / f"seed_{seed}"
+            run_dir.mkdir(parents=True, exist_ok=True)
+            (run_dir / "summary.json").write_text(json.dumps({"wall_clock_s": wall}))
+
+    run_comparison(comparison, [0, 1], tmp_path, runner=fake_run)
+    first, searches = commands
+    assert "upper_estimator=zeroth_order,fixed" in first and "seed=0,1" in first
+    assert not any("timeout_s" in arg for arg in first)
+    assert "upper_estimator=random,bayesian" in searches and "++upper_estimator.timeout_s=30" in searches
+    assert all("resume=true" in c and f"hydra.sweep.dir={tmp_path / 'b'}" in c for c in commands)
+
+
+def test_unknown_mode_and_full_plan_print_one_clear_line() -> None:
+    bad = _reproduce("--mode", "nope", "--plan-only")
+    assert bad.returncode != 0 and "MODE must be one of" in bad.stderr and "Traceback" not in bad.stderr
+    full = _reproduce("--mode", "full", "--plan-only")
+    assert full.returncode == 0 and "estimate: ~" in full.stdout and "finetune_synthetic" in full.stdout
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    """``scripts/reproduce.py --mode smoke`` once (about 3 minutes on 2 cores)."""
+    root = tmp_path_factory.mktemp("reproduce")
+    result = _reproduce("--mode", "smoke", "--runs", str(root / "runs"), "--results", str(root / "results"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return root
+
+
+def test_smoke_writes_every_table_and_figure(smoke) -> None:
+    results = smoke / "results"
+    for table in ("table1", "table2"):
+        for ext in ("md", "tex", "csv"):
+            assert (results / f"{table}.{ext}").stat().st_size > 100, f"{table}.{ext}"
+    for task in ("finetune_mnist", "finetune_gaussian"):
+        for figure in ("rewards_vs_lambda", "samples_small_chosen_large", "lambda_trace"):
+            assert (results / task / f"{figure}.png").stat().st_size > 5_000, f"{task}/{figure}"
+    for figure in ("schedules", "schedule_params", "fid_vs_wall_clock"):
+        assert (results / "noise_schedule_mnist" / f"{figure}.png").stat().st_size > 5_000, figure
+    table1, table2 = (results / "table1.md").read_text(), (results / "table2.md").read_text()
+    for c in load_plan("smoke").comparisons:
+        for method in c.methods:
+            assert f"| {c.task} | {method} | 1 |" in (table2 if c.task == "noise_schedule_mnist" else table1)
+
+
+def test_smoke_jobs_write_the_run_contract(smoke) -> None:
+    for c in load_plan("smoke").comparisons:
+        for method in c.methods:
+            run_dir = smoke / "runs" / c.name / method / "seed_0"
+            summary = assert_run_contract(run_dir, c.task, method)
+            if c.task.startswith("finetune"):
+                for key in ("lambda", "r1", "r2", "fid_vs_pretrained", "method_nfe"):
+                    assert key in summary, f"{c.task}/{method}: summary.json lacks {key}"
+                assert summary["objective"] == pytest.approx(-summary["r1"])
+                assert summary["sampler_nfe"] > summary["method_nfe"] >= 0
+            else:
+                assert {"fid", "is", "trainings_used", "schedule"} <= set(summary)
+    gaussian = smoke / "runs" / "finetune_gaussian"
+    assert "lambda_star" in json.loads((gaussian / "closed_form" / "seed_0" / "summary.json").read_text())
+    assert {"lambda", "hypergrad", "ess"} <= set(read_jsonl(gaussian / "closed_form" / "seed_0" / "metrics.jsonl")[0])
+    assert json.loads((gaussian / "grid" / "seed_0" / "summary.json").read_text())["trials"] == 5
+
+
+def test_smoke_searches_of_scenario_b_had_the_bilevel_budget(smoke) -> None:
+    runs = smoke / "runs" / "scenario_b"
+    wall = json.loads((runs / "zeroth_order" / "seed_0" / "summary.json").read_text())["wall_clock_s"]
+    for method in ("staged_grid", "random", "bayesian"):
+        cfg = OmegaConf.load(runs / method / "seed_0" / "config.yaml")
+        assert cfg.upper_estimator.timeout_s == round(wall), method
+
+
+def test_resuming_a_finished_job_runs_nothing_and_keeps_its_results(smoke) -> None:
+    run_dir = smoke / "runs" / "finetune_gaussian" / "grid" / "seed_0"
+    before = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()}
+    result = run_cli("task=finetune_gaussian", "experiment=smoke", "upper_estimator=grid", "resume=true",
+                     f"hydra.run.dir={run_dir}")
+    assert result.returncode == 0 and "nothing to resume" in result.stdout
+    after = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()}
+    assert {k: v for k, v in after.items() if k != "run.log"} == {k: v for k, v in before.items() if k != "run.log"}
+
+
+def _finished(root, method: str, seed: int, rows: list[dict] | None = None, **summary) -> None:
+    run_dir = root / method / f"seed_{seed}"
+    run_dir.mkdir(parents=True)
+    (run_dir / "summary.json").write_text(json.dumps({"method": method, "seed": seed, **summary}))
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows or []))
+
+
+def test_speedup_ratios_compare_at_equal_quality(tmp_path) -> None:
+    from bilevel_diffusion.reporting.speedups import nfe_to_best_search, time_to_bayesian_best
+
+    trials = [{"step": 0, "trial": 0, "wall_clock_s": 10.0, "fid": 50.0},
+              {"step": 1, "trial": 1, "wall_clock_s": 40.0, "fid": 30.0},
+              {"step": 2, "trial": 2, "wall_clock_s": 90.0, "fid": 35.0}]
+    _finished(tmp_path / "b", "bayesian", 0, trials, fid=30.0, wall_clock_s=90.0)
+    _finished(tmp_path / "b", "bayesian", 1, trials, fid=30.0, wall_clock_s=90.0)
+    _finished(tmp_path / "b", "zeroth_order", 0, fid=29.0, wall_clock_s=8.0)
+    _finished(tmp_path / "b", "zeroth_order", 1, fid=31.0, wall_clock_s=8.0)
+    b = time_to_bayesian_best(tmp_path / "b")
+    assert b.ratios == {0: 8.0 / 40.0} and list(b.missed) == [1] and b.median == pytest.approx(0.2)
+    for seed, r1 in ((0, -1.0), (1, -2.0)):
+        _finished(tmp_path / "a", "grid", seed, r1=-1.5, method_nfe=400)
+        _finished(tmp_path / "a", "bayesian", seed, r1=-1.2, method_nfe=800)
+        _finished(tmp_path / "a", "closed_form", seed, r1=r1, method_nfe=100)
+    a = nfe_to_best_search(tmp_path / "a", r1_tol=0.05)
+    assert a.ratios == {0: 100 / 800} and "bayesian" in a.missed[1]
