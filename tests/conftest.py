@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
+import runpy
 import subprocess
 import sys
 from pathlib import Path
@@ -30,6 +33,23 @@ def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     env = {**os.environ, "BILEVEL_ROOT": str(ROOT), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
     return subprocess.run([sys.executable, str(ROOT / "run.py"), *args], capture_output=True, text=True,
                           timeout=timeout, env=env, cwd=ROOT)
+
+
+def run_in_process(*args: str) -> tuple[int, str]:
+    """``python run.py ARGS`` in this process (same code path, the heavy imports paid once; faults can be injected
+    with ``monkeypatch``); returns (exit status, stderr)."""
+    stderr = io.StringIO()
+    argv = sys.argv
+    sys.argv = [str(ROOT / "run.py"), *args]
+    code = 0
+    try:
+        with contextlib.redirect_stderr(stderr):
+            runpy.run_path(str(ROOT / "run.py"), run_name="__main__")
+    except SystemExit as stop:
+        code = stop.code if isinstance(stop.code, int) else 1
+    finally:
+        sys.argv = argv
+    return code, stderr.getvalue()
 
 
 def read_jsonl(path: Path) -> list[dict]:

@@ -1,46 +1,25 @@
 """Bad input and numerical faults through run.py: one ``error:`` line on stderr, exit 2 (bad input) or 3 (NaN/Inf),
 nothing earlier lost, the last good checkpoint kept.
 
-The jobs run in this process (``runpy`` of run.py, the same code path as the command line) so that the heavy
-imports are paid once and faults can be injected with ``monkeypatch``.
+The jobs run in this process (:func:`conftest.run_in_process`) so that the heavy imports are paid once and faults
+can be injected with ``monkeypatch``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import io
 import json
 import math
-import runpy
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import ROOT
+from conftest import run_in_process
 
 SMOKE = ["experiment=smoke", "hardware=cpu", "logger=none"]
 TINY_B = ["task=noise_schedule_mnist", *SMOKE, "upper_estimator.n_obj=4", "upper_estimator.obj_inference_steps=2",
           "upper_estimator.inner_steps=2", "lower_solver.num_steps=8", "upper_estimator.warmup_fraction=0.25",
           "task.checkpoint_every=2"]
-
-
-def run_in_process(*args: str) -> tuple[int, str]:
-    """``python run.py ARGS`` in this process; returns (exit status, stderr)."""
-    stderr = io.StringIO()
-    argv = sys.argv
-    sys.argv = [str(ROOT / "run.py"), *args]
-    code = 0
-    try:
-        with contextlib.redirect_stderr(stderr):
-            runpy.run_path(str(ROOT / "run.py"), run_name="__main__")
-    except SystemExit as stop:
-        code = stop.code if isinstance(stop.code, int) else 1
-    finally:
-        sys.argv = argv
-    return code, stderr.getvalue()
 
 
 def error_line(stderr: str) -> str:

@@ -4,43 +4,62 @@ from __future__ import annotations
 
 import json
 import math
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from bilevel_diffusion import distributed
 from bilevel_diffusion.preflight import check_config, guard_run_dir
 from bilevel_diffusion.runtime import RunContext, seed_everything, select_device
 from bilevel_diffusion.tracking.recorder import Recorder
 
 
+@contextmanager
+def _writable_dir(run_dir: Path) -> Iterator[Path]:
+    """The run directory on rank 0; a throwaway folder on the other DDP ranks (only rank 0 writes results)."""
+    if distributed.is_main():
+        yield run_dir
+        return
+    with tempfile.TemporaryDirectory(prefix=f"bilevel-rank{distributed.rank()}-") as scratch:
+        yield Path(scratch)
+
+
 def run_job(cfg: DictConfig) -> float:
     """Run ``cfg.task`` and write the run contract; returns the objective (lower is better)."""
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    device, dtype = select_device(cfg.hardware)  # joins a DDP group first: every rank checks before anyone writes
+    run_dir = distributed.broadcast(Path(HydraConfig.get().runtime.output_dir))  # ranks' ${now:} may differ
     guard_run_dir(run_dir, bool(cfg.resume))
     check_config(cfg)
     if cfg.resume and (run_dir / "summary.json").exists():  # finished already: resuming it is a no-op
         objective = float(json.loads((run_dir / "summary.json").read_text())["objective"])
         print(f"{run_dir} holds a finished run (objective={objective:.4f}); nothing to resume")
         return objective if math.isfinite(objective) else float("inf")
-    device, dtype = select_device(cfg.hardware)
+    distributed.barrier()
     seed_everything(int(cfg.seed))
     task = instantiate(cfg.task)
-    recorder = Recorder(run_dir, cfg, cfg.logger, job_name=f"{task.name}-{cfg.upper_estimator.name}-s{cfg.seed}")
-    ctx = RunContext(run_dir=run_dir, cache_dir=Path(cfg.paths.cache_dir), device=device, dtype=dtype,
-                     seed=int(cfg.seed), resume=bool(cfg.resume), recorder=recorder)
-    exit_code = 1
-    try:
-        result = task.run(cfg, ctx)
-        summary = recorder.write_summary({"task": task.name, "method": cfg.upper_estimator.name, "seed": ctx.seed,
-                                          "wall_clock_s": recorder.wall_clock(), **result})
-        exit_code = 0
-    finally:
-        recorder.close(exit_code)
+    exit_code, main_rank = 1, distributed.is_main()
+    with _writable_dir(run_dir) as own_dir:
+        recorder = Recorder(own_dir, cfg, cfg.logger if distributed.is_main() else None,
+                            job_name=f"{task.name}-{cfg.upper_estimator.name}-s{cfg.seed}")
+        ctx = RunContext(run_dir=own_dir, cache_dir=Path(cfg.paths.cache_dir), device=device, dtype=dtype,
+                         seed=int(cfg.seed), resume=bool(cfg.resume), recorder=recorder, shared_dir=run_dir)
+        try:
+            result = task.run(cfg, ctx)
+            summary = recorder.write_summary({"task": task.name, "method": cfg.upper_estimator.name,
+                                              "seed": ctx.seed, "wall_clock_s": recorder.wall_clock(), **result})
+            exit_code = 0
+        finally:
+            recorder.close(exit_code)
+            distributed.close()
     objective = float(summary["objective"])
-    images = ", ".join(sorted(p.name for p in run_dir.glob("*.png")))
-    print(f"[{task.name} / {cfg.upper_estimator.name}] objective={objective:.4f}\n"
-          f"  summary: {run_dir / 'summary.json'}\n  metrics: {run_dir / 'metrics.jsonl'}\n"
-          f"  images:  {run_dir}/{{{images}}}")
+    if main_rank:
+        images = ", ".join(sorted(p.name for p in run_dir.glob("*.png")))
+        print(f"[{task.name} / {cfg.upper_estimator.name}] objective={objective:.4f}\n"
+              f"  summary: {run_dir / 'summary.json'}\n  metrics: {run_dir / 'metrics.jsonl'}\n"
+              f"  images:  {run_dir}/{{{images}}}")
     return objective if math.isfinite(objective) else float("inf")

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
+from bilevel_diffusion import distributed
 from bilevel_diffusion.errors import ConfigError
 from bilevel_diffusion.tracking.recorder import Recorder
 
@@ -25,9 +26,14 @@ def seed_everything(seed: int) -> None:
 
 
 def select_device(hardware: DictConfig) -> tuple[torch.device, torch.dtype]:
-    """``hardware.device`` is ``cpu``, ``cuda`` (or ``cuda:N``) or ``auto``; ``hardware.dtype`` names the dtype."""
+    """``hardware.device`` is ``cpu``, ``cuda`` (or ``cuda:N``) or ``auto``; ``hardware.dtype`` names the dtype.
+
+    ``hardware.distributed=true`` (``hardware=ddp``) joins the torchrun process group; each rank gets its device.
+    """
     name = str(hardware.device)
-    if name == "auto":
+    if hardware.get("distributed", False):
+        name = str(distributed.init(name))
+    elif name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError("hardware=gpu asks for CUDA but torch sees no GPU; use hardware=cpu or hardware=auto")
@@ -55,7 +61,9 @@ class RunContext:
     seed: int
     resume: bool
     recorder: Recorder
+    shared_dir: Path | None = None  # the job's run directory when ``run_dir`` is a DDP rank's scratch folder
 
     @property
     def checkpoint_path(self) -> Path:
-        return self.run_dir / "checkpoints" / "last.pt"
+        """``checkpoints/last.pt`` of the job's run directory (shared by every DDP rank)."""
+        return (self.shared_dir or self.run_dir) / "checkpoints" / "last.pt"

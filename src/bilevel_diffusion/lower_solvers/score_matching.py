@@ -3,28 +3,36 @@
 from __future__ import annotations
 
 import copy
+import math
 
 import torch
 import torch.nn.functional as F
 from diffusers.training_utils import EMAModel
 from torch import nn
 
+from bilevel_diffusion import distributed
 from bilevel_diffusion.errors import ConfigError, check_policy, nonfinite
 
 
 def score_matching_loss(model: nn.Module, alphas_cumprod: torch.Tensor, x0: torch.Tensor,
-                        generator: torch.Generator) -> torch.Tensor:
+                        generator: torch.Generator, data_parallel: bool = False) -> torch.Tensor:
     """L_SM = E_{t, eps} || eps_theta(sqrt(abar_t) x0 + sqrt(1 - abar_t) eps, t) - eps ||^2  (Alg. 3).
 
     ``alphas_cumprod`` may carry a graph back to the schedule parameters, so ``grad_q L_SM`` is exact autograd.
     ``t`` and ``eps`` are drawn on the CPU from ``generator`` (same numbers on every device).
+    ``data_parallel=True`` (``hardware=ddp``): ``x0`` is the global batch; this rank's share of the global mean
+    over its shard of ``x0``, ``t`` and ``eps`` (the ranks' values add up to the loss of the global batch).
     """
     num_t = alphas_cumprod.shape[0]
-    t = torch.randint(0, num_t, (x0.shape[0],), generator=generator)
+    batch = x0.shape[0]
+    t = torch.randint(0, num_t, (batch,), generator=generator)
     noise = torch.randn(x0.shape, generator=generator).to(x0.device, x0.dtype)
+    if data_parallel:
+        x0, t, noise = distributed.shard(x0), distributed.shard(t), distributed.shard(noise)
     abar = alphas_cumprod.to(x0.device)[t.to(x0.device)].to(x0.dtype).view(-1, *([1] * (x0.dim() - 1)))
     x_t = abar.sqrt() * x0 + (1.0 - abar).sqrt() * noise
-    return F.mse_loss(model(x_t, t.to(x0.device)).float(), noise.float())
+    loss = F.mse_loss(model(x_t, t.to(x0.device)).float(), noise.float())
+    return loss * (x0.shape[0] / batch) if data_parallel else loss
 
 
 class ScoreMatchingSolver:
@@ -58,14 +66,18 @@ class ScoreMatchingSolver:
         """One AdamW step on L_SM for the batch ``x0``; returns the loss.
 
         A NaN/Inf loss or gradient raises :class:`NumericalFault` before any weight changes (``on_nonfinite=stop``),
-        or skips the batch (``on_nonfinite=skip``; the step still counts, so schedules stay aligned).
+        or skips the batch (``on_nonfinite=skip``; the step still counts, so schedules stay aligned). With
+        ``hardware=ddp`` every rank passes the same global batch and computes its shard (see
+        :mod:`bilevel_diffusion.distributed`).
         """
         self.model.train()
-        loss = score_matching_loss(self.model, alphas_cumprod.detach(), x0, generator)
+        loss = score_matching_loss(self.model, alphas_cumprod.detach(), x0, generator, data_parallel=True)
         self.optimizer.zero_grad(set_to_none=True)
-        if not torch.isfinite(loss):
+        total = distributed.sum_scalar(loss.detach(), loss.device)  # the global batch's loss, on every rank
+        if not math.isfinite(total):
             return self._skip_nonfinite("loss")
         loss.backward()
+        distributed.sum_gradients(self.model.parameters())
         grad_norm = nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip or float("inf"))
         if not torch.isfinite(grad_norm):
             self.optimizer.zero_grad(set_to_none=True)
@@ -75,7 +87,7 @@ class ScoreMatchingSolver:
             self.lr_scheduler.step()
         self.ema.step(self.model.parameters())
         self.step_count += 1
-        return float(loss.detach())
+        return total
 
     def _skip_nonfinite(self, quantity: str) -> float:
         nonfinite(self.on_nonfinite, f"score-matching {quantity}", f"step {self.step_count + 1}",

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import matplotlib
@@ -33,6 +33,7 @@ import torch  # noqa: E402
 from hydra.utils import instantiate  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
+from bilevel_diffusion import distributed  # noqa: E402
 from bilevel_diffusion.errors import ConfigError, NumericalFault  # noqa: E402
 from bilevel_diffusion.lower_solvers.guided_sampling import EpsFn, GuidedSampler, Reward  # noqa: E402
 from bilevel_diffusion.runtime import RunContext  # noqa: E402
@@ -118,8 +119,10 @@ class RewardFinetuneTask:
         problem = self.problem
         eps_fn = problem.eps_fn(prompt) if problem.conditional else problem.eps_fn
         decode = {} if problem.decode is None else {"decode": problem.decode}
-        return self.sampler.sample(eps_fn, problem.betas, noise, reward, lam, nfe_per_sample=problem.nfe_per_sample,
-                                   device=self.ctx.device, **decode)
+        out = self.sampler.sample(eps_fn, problem.betas, distributed.shard(noise), reward, lam,
+                                  nfe_per_sample=problem.nfe_per_sample, device=self.ctx.device, **decode)
+        nfe = int(distributed.sum_scalar(out.nfe, self.ctx.device))
+        return replace(out, images=distributed.gather(out.images), nfe=nfe)
 
     def _noise_set(self, kind: str) -> torch.Tensor:
         """``eval``: the reported evaluation's fixed noise; ``trial``: the (smaller) in-loop noise of the searches."""

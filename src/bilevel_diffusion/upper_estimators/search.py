@@ -38,6 +38,7 @@ import numpy as np
 import optuna
 from optuna.trial import TrialState
 
+from bilevel_diffusion import distributed
 from bilevel_diffusion.errors import ConfigError
 from bilevel_diffusion.runtime import RunContext
 
@@ -115,8 +116,22 @@ class SearchEstimator:
         return int(self.n_trials)
 
     def search(self, space: SearchSpace, evaluate: Evaluate, ctx: RunContext) -> SearchResult:
-        """Minimise ``evaluate(params)["objective"]`` over ``space`` within the budget."""
+        """Minimise ``evaluate(params)["objective"]`` over ``space`` within the budget.
+
+        With ``hardware=ddp`` rank 0 owns the study and sends each trial's parameters to the other ranks, which
+        evaluate them with it (data-parallel) and receive the result at the end.
+        """
         check_space(space)
+        if not distributed.is_main():
+            while (params := distributed.broadcast(None)) is not None:
+                evaluate(params)
+            return distributed.broadcast(None)
+        result = self._lead(space, evaluate, ctx)
+        distributed.broadcast(None)
+        return distributed.broadcast(result)
+
+    def _lead(self, space: SearchSpace, evaluate: Evaluate, ctx: RunContext) -> SearchResult:
+        """The optuna ask/tell loop (rank 0)."""
         budget = self.max_trials(space)
         storage = f"sqlite:///{(ctx.run_dir / STUDY_FILE).resolve()}"
         try:
@@ -142,7 +157,7 @@ class SearchEstimator:
                          for name, box in space.items()}
         while len(trials) < budget and not self._out_of_time(ctx, start_wall) and not self._exhausted(study):
             trial = study.ask(distributions)
-            params = {name: float(value) for name, value in trial.params.items()}
+            params = distributed.broadcast({name: float(value) for name, value in trial.params.items()})
             result = dict(evaluate(params))
             if "objective" not in result or "sampler_nfe" not in result:
                 raise KeyError("evaluate(params) must return at least 'objective' and 'sampler_nfe'")
