@@ -27,7 +27,10 @@ def main() -> None:
     parser.add_argument("--mode", default="quick", help="plan in configs/reproduce/: smoke, quick or full")
     parser.add_argument("--runs", type=Path, help="run directories (default outputs/reproduce/MODE)")
     parser.add_argument("--results", type=Path, help="tables and figures (default results/, results/smoke/ for smoke)")
-    parser.add_argument("--only", nargs="+", metavar="COMPARISON", help="run only these comparisons of the plan")
+    parser.add_argument("--only", type=lambda text: text.split(","), metavar="A,B",
+                        help="run only these comparisons of the plan (comma-separated)")
+    parser.add_argument("--seeds", type=lambda text: [int(s) for s in text.split(",")], metavar="0,1",
+                        help="replace the plan's seeds")
     parser.add_argument("--plan-only", action="store_true", help="print the plan and the estimate, run nothing")
     parser.add_argument("overrides", nargs="*", help="key=value overrides for every job")
     args = parser.parse_args()
@@ -40,6 +43,7 @@ def main() -> None:
         if unknown:
             sys.exit(f"error: --only {sorted(unknown)} not in the plan {[c.name for c in plan.comparisons]}")
         plan.comparisons = [c for c in plan.comparisons if c.name in args.only]
+    plan.seeds = args.seeds or plan.seeds
     runs = (args.runs or ROOT / "outputs" / "reproduce" / args.mode).resolve()
     results = (args.results or ROOT / "results" / ("smoke" if args.mode == "smoke" else "")).resolve()
     print(describe(plan, runs), flush=True)
