@@ -85,10 +85,12 @@ def describe(plan: Plan, runs_dir: Path) -> str:
     lines = [f"reproduce MODE={plan.mode}: {plan.num_jobs} jobs, seeds {plan.seeds}, runs under {runs_dir}"]
     for c in plan.comparisons:
         budget = (f"; search budget = {c.budget_factor:g} x the bilevel wall clock" if c.budget_factor else "")
-        lines.append(f"  {c.name}: task={c.task} experiment={c.experiment} bilevel={c.bilevel} "
+        experiment = f" experiment={c.experiment}" if c.experiment else ""
+        lines.append(f"  {c.name}: task={c.task}{experiment} bilevel={c.bilevel} "
                      f"baselines={','.join(c.baselines)} ({len(c.methods) * len(plan.seeds)} jobs, "
                      f"~{c.minutes_per_job:g} min each{budget})")
-    lines.append(f"estimate: ~{plan.estimate_minutes:.0f} min. {plan.estimate_note}".rstrip())
+    lines.append(f"estimate: ~{plan.estimate_minutes:.0f} min ({plan.estimate_minutes / 60:.1f} h). "
+                 f"{plan.estimate_note}".rstrip())
     return "\n".join(lines)
 
 
