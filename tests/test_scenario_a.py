@@ -105,6 +105,43 @@ def test_guided_samples_have_the_tilted_mean(scheduler: str, steps: int, tol: fl
     assert torch.allclose(plain.mean(0), ORACLE.mean, atol=0.05)
 
 
+def test_strong_guidance_with_clipping_saturates_a_linear_reward_instead_of_reversing_it() -> None:
+    """With x0 clipped to [-1, 1], E[a.x] must keep rising as lambda shrinks, up to the box maximum |a|_1 (without
+    eps re-derived from the clipped x0 it fell to -|a|_1: the clipped-away push came back as noise)."""
+    schedule = CosineSchedule(start=0.0, end=1.0, tau=1.0, eps=0.008)
+    model = GaussianEps(torch.zeros(16), torch.full((16,), 0.1), schedule.alphas_cumprod().detach())
+    a = torch.randn(16, generator=torch.Generator().manual_seed(0))
+    noise = torch.randn(64, 16, generator=torch.Generator().manual_seed(0))
+    sampler = GuidedSampler(num_steps=10, batch_size=64)
+    means = [float(sampler.sample(model, schedule.betas().detach(), noise, lambda x: x @ a, lam).images.mean(0) @ a)
+             for lam in (100.0, 1.0, 0.1, 0.01, 0.001)]
+    assert all(small >= large - 1e-6 for large, small in zip(means, means[1:])), means
+    assert means[-1] == pytest.approx(float(a.abs().sum()), rel=1e-3)
+
+
+@pytest.mark.slow
+def test_finetune_mnist_over_optimises_the_proxy(tmp_path) -> None:
+    """The point of task=finetune_mnist: as lambda shrinks r2 (proxy) keeps rising while r1 (CNN) rises, then falls."""
+    from hydra.utils import instantiate
+
+    from conftest import ROOT, compose
+
+    cfg = compose("task=finetune_mnist", "experiment=scenario_a_quick", "task.prompts=[3]")
+    ctx = RunContext(run_dir=tmp_path, cache_dir=ROOT / "outputs" / "cache", device=torch.device("cpu"),
+                     dtype=torch.float32, seed=0, resume=False, recorder=Recorder(tmp_path, OmegaConf.create({})))
+    problem = instantiate(cfg.task).build(cfg, ctx)
+    noise = torch.randn(32, *problem.sample_shape, generator=torch.Generator().manual_seed(1))
+    sampler, r1, r2 = instantiate(cfg.lower_solver), problem.r1(3), problem.r2(3)
+    rows = []
+    for lam in (10.0, 0.1, 0.003):
+        images = sampler.sample(problem.eps_fn, problem.betas, noise, r2, lam).images
+        with torch.no_grad():
+            rows.append((float(r1(images).mean()), float(r2(images).mean())))
+    (r1_large, r2_large), (r1_mid, r2_mid), (r1_small, r2_small) = rows
+    assert r2_small > r2_mid > r2_large, rows
+    assert r1_mid > max(r1_small, r1_large) + 1.0, rows
+
+
 def test_relinearisation_of_a_linear_reward_changes_nothing_but_the_cost() -> None:
     model, betas, noise = gaussian_sampler_setup(ORACLE)
     plain = GuidedSampler(num_steps=20, batch_size=4096, clip_sample=False).sample(model, betas, noise[:64],
