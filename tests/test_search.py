@@ -50,7 +50,7 @@ def test_search_finds_the_minimum_of_a_bowl(tmp_path, estimator) -> None:
 def test_wall_clock_budget_stops_the_search(tmp_path) -> None:
     slow = lambda p: (time.sleep(0.3), bowl(p))[1]  # noqa: E731
     result = RandomSearch(n_trials=100, timeout_s=1.0).search(SPACE, slow, make_ctx(tmp_path))
-    assert 1 <= len(result.trials) <= 4
+    assert 1 <= len(result.trials) <= 3  # the 4th would end past 1 s: not started
 
 
 class Stop(Exception):

@@ -18,7 +18,8 @@ trial), ``result.trials`` (every evaluated trial, in order) and ``result.sampler
   ``seed + number of trials`` on resume, so a resumed random search does not redraw the first points (the grid
   keeps its seed: GridSampler maps trial numbers to points through a seeded shuffle).
 - Budget: ``n_trials`` evaluations and/or ``timeout_s`` seconds of this job's wall clock (both counted across
-  resumes); the grid stops when it is exhausted.
+  resumes); no trial starts that the mean trial time so far says would end past ``timeout_s`` (the first always
+  runs); the grid stops when it is exhausted.
 - Each evaluated trial is one ``metrics.jsonl`` line at ``step`` = its index: ``trial``, the parameters and the
   scalar entries of its result dict (only those scalars are kept in the study, so ``result.trials`` restored after
   a resume hold the scalars). On resume the search calls ``ctx.recorder.resume_from`` itself: log lines of a task
@@ -155,7 +156,8 @@ class SearchEstimator:
         distributions = {name: optuna.distributions.FloatDistribution(float(box["low"]), float(box["high"]),
                                                                       log=bool(box.get("log", False)))
                          for name, box in space.items()}
-        while len(trials) < budget and not self._out_of_time(ctx, start_wall) and not self._exhausted(study):
+        while (len(trials) < budget and not self._out_of_time(ctx, start_wall, len(trials))
+               and not self._exhausted(study)):
             trial = study.ask(distributions)
             params = distributed.broadcast({name: float(value) for name, value in trial.params.items()})
             result = dict(evaluate(params))
@@ -178,8 +180,13 @@ class SearchEstimator:
         sampler = study.sampler
         return isinstance(sampler, optuna.samplers.GridSampler) and sampler.is_exhausted(study)
 
-    def _out_of_time(self, ctx: RunContext, start_wall: float) -> bool:
-        return self.timeout_s is not None and ctx.recorder.wall_clock() - start_wall >= self.timeout_s
+    def _out_of_time(self, ctx: RunContext, start_wall: float, done: int) -> bool:
+        """The next trial would end past ``timeout_s`` (by the mean time of the ``done`` trials so far): a search
+        never starts a trial it is not expected to finish within its budget, so equal budgets mean equal compute."""
+        if self.timeout_s is None:
+            return False
+        elapsed = ctx.recorder.wall_clock() - start_wall
+        return elapsed + (elapsed / done if done else 0.0) > self.timeout_s
 
     @staticmethod
     def _restore(study: optuna.Study, ctx: RunContext) -> list[TrialRecord]:
