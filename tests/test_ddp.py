@@ -1,11 +1,18 @@
-"""``hardware=ddp``: two gloo processes under torchrun give the numbers of one process on the same global batch."""
+"""``hardware=ddp``: two gloo processes give the numbers of one process on the same global batch.
+
+The fast tests fork the two ranks from this process (torchrun's environment variables set by hand, the imports
+already paid); the slow ones start them with torchrun itself.
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 
@@ -30,15 +37,39 @@ def torchrun(nproc: int, *args: str) -> subprocess.CompletedProcess:
                           cwd=ROOT)
 
 
-@pytest.mark.parametrize("case", [pytest.param("finetune_gaussian"),  # ~40 s: sharded sampling, the lambda loop
-                                  pytest.param("train_mnist", marks=pytest.mark.slow),  # ~70 s: sharded training
-                                  pytest.param("noise_schedule_mnist", marks=pytest.mark.slow)])
-def test_two_gloo_processes_give_the_numbers_of_one(tmp_path, case) -> None:
-    one, two = tmp_path / "one", tmp_path / "two"
-    code, stderr = run_in_process(*CASES[case], *SMOKE, "hardware=cpu", f"hydra.run.dir={one}")
-    assert code == 0, stderr[-2000:]
-    result = torchrun(2, *CASES[case], *SMOKE, "hardware=ddp", f"hydra.run.dir={two}")
-    assert result.returncode == 0, result.stderr[-3000:]
+def forked_ranks(nproc: int, *args: str, timeout: float = 300) -> list[int]:
+    """``run.py ARGS`` as ``nproc`` forked ranks of one gloo group; their exit statuses."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    pids = []
+    for rank in range(nproc):
+        pid = os.fork()
+        if pid == 0:  # a rank: torchrun's variables, the job, then leave without pytest's teardown
+            os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(nproc),
+                              MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+            code = 1
+            try:
+                code = run_in_process(*args)[0]
+            finally:
+                os._exit(code)
+        pids.append(pid)
+    codes, deadline = {}, time.time() + timeout
+    while len(codes) < nproc and time.time() < deadline:
+        for pid in set(pids) - set(codes):
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                codes[pid] = os.waitstatus_to_exitcode(status)
+        time.sleep(0.05)
+    for pid in set(pids) - set(codes):  # hung: kill it and report it as such
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+        codes[pid] = -9
+    return [codes[pid] for pid in pids]
+
+
+def assert_same_numbers(one: Path, two: Path) -> None:
+    """Summary numbers within :data:`KEYS`' tolerances, the same NFEs and the same loss curve (to 1e-5)."""
     a, b = (json.loads((d / "summary.json").read_text()) for d in (one, two))
     for key, rel in KEYS.items():
         if key in a:
@@ -49,4 +80,26 @@ def test_two_gloo_processes_give_the_numbers_of_one(tmp_path, case) -> None:
     for x, y in zip(*rows):
         loss = "loss" if "loss" in x else "loss_y"
         assert y[loss] == pytest.approx(x[loss], rel=1e-5)
+
+
+def run_one(case: str, run_dir: Path) -> None:
+    code, stderr = run_in_process(*CASES[case], *SMOKE, "hardware=cpu", f"hydra.run.dir={run_dir}")
+    assert code == 0, stderr[-2000:]
+
+
+@pytest.mark.parametrize("case", ["train_mnist", "finetune_gaussian"])
+def test_two_forked_gloo_ranks_give_the_numbers_of_one_process(tmp_path, case) -> None:
+    run_one(case, tmp_path / "one")
+    assert forked_ranks(2, *CASES[case], *SMOKE, "hardware=ddp", f"hydra.run.dir={tmp_path / 'two'}") == [0, 0]
+    assert_same_numbers(tmp_path / "one", tmp_path / "two")
+    assert not list(tmp_path.glob("two/*rank*")), "only rank 0 writes the run directory"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", list(CASES))
+def test_torchrun_with_two_gloo_processes_gives_the_numbers_of_one_process(tmp_path, case) -> None:
+    run_one(case, tmp_path / "one")
+    result = torchrun(2, *CASES[case], *SMOKE, "hardware=ddp", f"hydra.run.dir={tmp_path / 'two'}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert_same_numbers(tmp_path / "one", tmp_path / "two")
     assert result.stdout.count("objective=") == 1, "only rank 0 reports"

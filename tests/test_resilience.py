@@ -124,3 +124,14 @@ def test_a_non_finite_schedule_hypergradient_stops_scenario_b_at_its_step(tmp_pa
     state = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=False)
     assert state["solver"]["step_count"] == 4 and torch.isfinite(state["schedule"]["raw"]).all()
     assert not (tmp_path / "summary.json").exists()
+
+
+def test_a_non_finite_lambda_after_a_step_stops_the_loop(tmp_path) -> None:
+    from bilevel_diffusion.errors import NumericalFault
+    from bilevel_diffusion.upper_estimators.closed_form import ClosedFormEstimator, RewardPool
+    from test_search import make_ctx
+
+    flat = RewardPool(torch.zeros(8, dtype=torch.float64), torch.linspace(0, 1, 8, dtype=torch.float64))
+    estimator = ClosedFormEstimator(lambda_init=1.0, optimizer="sgd", lr=float("inf"), refresh_every=0)
+    with pytest.raises(NumericalFault, match="non-finite lambda at bilevel step 0"):  # inf * zero gradient = NaN
+        estimator.optimise(lambda lam_ref, step: [flat], make_ctx(tmp_path))

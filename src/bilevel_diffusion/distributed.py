@@ -6,13 +6,15 @@
 - Sampling: each rank samples its shard of the initial noise and :func:`gather` reassembles the samples in order,
   so rewards, features and metrics are computed from the same full set on every rank.
 - Files: only rank 0 writes the run directory and W&B; the other ranks write into a scratch folder (see
-  ``main.run_job``) and share the checkpoints (written atomically, so concurrent identical writes are safe).
+  ``main.run_job``) and share the checkpoints (written atomically, so concurrent identical writes are safe);
+  shared caches are filled by rank 0 first (:func:`main_first`).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -63,6 +65,16 @@ def close() -> None:
 def barrier() -> None:
     if active():
         dist.barrier()
+
+
+@contextmanager
+def main_first() -> Iterator[None]:
+    """Rank 0 runs the block first (e.g. fills a cache), the other ranks after it (and find the cache filled)."""
+    if not is_main():
+        barrier()
+    yield
+    if is_main():
+        barrier()
 
 
 def shard(x: torch.Tensor) -> torch.Tensor:

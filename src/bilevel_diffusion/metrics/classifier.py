@@ -14,6 +14,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
 
+from bilevel_diffusion import distributed
 from bilevel_diffusion.data.mnist import ImageData, load_mnist5k
 
 FEATURE_DIM = 128
@@ -73,8 +74,14 @@ def train_classifier(data: ImageData, epochs: int = 12, batch_size: int = 64, lr
 
 
 def load_or_train_classifier(cache_dir: str | Path) -> MNISTClassifier:
-    """The cached classifier under ``cache_dir``; trained on the embedded mnist5k split on first use."""
-    cache = Path(cache_dir)
+    """The cached classifier under ``cache_dir``; trained on the embedded mnist5k split on first use (by DDP rank 0
+    alone; the other ranks then load it)."""
+    with distributed.main_first():
+        return _load_or_train_classifier(Path(cache_dir))
+
+
+def _load_or_train_classifier(cache: Path) -> MNISTClassifier:
+    """Load the cached classifier, or train it and cache it (atomic rename)."""
     weights, card = cache / "mnist_classifier.safetensors", cache / "mnist_classifier.json"
     model = MNISTClassifier()
     if weights.exists():

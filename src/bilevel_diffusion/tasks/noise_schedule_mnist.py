@@ -113,7 +113,8 @@ class NoiseScheduleMNIST:
 
         result = estimator.search(space, evaluate, ctx)
         best = result.best_result
-        shutil.copyfile(ctx.run_dir / f"{_trial_grid_name(result.best_params)}.png", ctx.run_dir / "samples.png")
+        trials_dir = ctx.shared_dir or ctx.run_dir  # rank 0's, which holds every trial's grid also after a resume
+        shutil.copyfile(trials_dir / f"{_trial_grid_name(result.best_params)}.png", ctx.run_dir / "samples.png")
         ctx.recorder.log(len(result.trials), fid=best["fid"], inception_score=best["is"],
                          best_trial=next(t.index for t in result.trials if t.result is best))
         return {"objective": result.best_value, "fid": best["fid"], "is": best["is"], "is_std": best["is_std"],
