@@ -41,10 +41,12 @@ BAD_INPUT = {
                                 "upper_estimator.gamma and gamma_end must be > 0"),
     "delta <= 0": (["task=noise_schedule_mnist", "upper_estimator.delta=0"],
                    "upper_estimator.delta and delta_z must be > 0 (got 0"),
+    "negative learning rate": (["task=train_mnist", "lower_solver.lr=-1"], "lower_solver.lr must be > 0 (got -1)"),
     "one FID sample": (["task=train_mnist", "eval.num_samples=1"], "eval.num_samples must be >= 2"),
     "empty prompt list": (["task=finetune_mnist", "task.prompts=[]"], "task.prompts must be a non-empty list"),
     "missing data folder": (["task=train_mnist", "data=mnist", "data.root={tmp}/no_mnist"],
                             "MNIST not found under {tmp}/no_mnist"),
+    "ddp without torchrun": (["task=train_mnist", "hardware=ddp"], "hardware=ddp runs under torchrun: torchrun"),
     "missing checkpoint": (["task=finetune_aesthetic", "model.weights_dir={tmp}/no_weights", "model.download=false"],
                            "CLIP ViT-B/16 weights not found at {tmp}/no_weights/clip/ViT-B-16.pt"),
 }
@@ -53,7 +55,7 @@ BAD_INPUT = {
 @pytest.mark.parametrize("case", list(BAD_INPUT), ids=list(BAD_INPUT))
 def test_bad_input_is_one_line_and_exit_2(tmp_path, case) -> None:
     args, message = BAD_INPUT[case]
-    code, stderr = run_in_process(*[a.format(tmp=tmp_path) for a in args], *SMOKE, f"hydra.run.dir={tmp_path}/run")
+    code, stderr = run_in_process(*SMOKE, *[a.format(tmp=tmp_path) for a in args], f"hydra.run.dir={tmp_path}/run")
     assert code == 2
     assert error_line(stderr).startswith(f"error: {message.format(tmp=tmp_path)}")
     assert not (tmp_path / "run" / "metrics.jsonl").exists() and not (tmp_path / "run" / "summary.json").exists()

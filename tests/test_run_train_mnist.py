@@ -56,12 +56,6 @@ def test_unknown_task_is_one_clear_error() -> None:
     assert "no_such_task" in result.stderr and "Traceback" not in result.stderr
 
 
-def test_negative_learning_rate_is_one_clear_error(tmp_path, smoke_args) -> None:
-    result = run_cli(*smoke_args, "lower_solver.lr=-1", f"hydra.run.dir={tmp_path}")
-    assert result.returncode == 2
-    assert result.stderr.strip().splitlines()[-1] == "error: lower_solver.lr must be > 0 (got -1)"
-
-
 def test_multirun_sweep_logs_one_wandb_run_per_job(tmp_path, smoke_args) -> None:
     result = run_cli("-m", "task=train_mnist", *smoke_args, "logger=wandb", "seed=0,1", "eval.num_samples=8",
                      "eval.batch_size=8", f"hydra.sweep.dir={tmp_path}")
