@@ -135,8 +135,9 @@ class GuidedSampler:
             chunks.append(decode(x0).detach().cpu())
         return GuidedSamples(torch.cat(chunks), nfe)
 
-    def _ddim(self, eps_fn: EpsFn, scheduler: DDIMScheduler | DPMSolverMultistepScheduler, x: torch.Tensor, reward: Reward | None,
-              lam: float | None, decode: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    def _ddim(self, eps_fn: EpsFn, scheduler: DDIMScheduler | DPMSolverMultistepScheduler | PNDMScheduler,
+              x: torch.Tensor, reward: Reward | None, lam: float | None,
+              decode: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
         """One DDIM pass; the look-ahead guidance shift is applied when ``reward`` and ``lam`` are given."""
         scheduler.set_timesteps(self.num_steps)
         guided = reward is not None and lam is not None
