@@ -141,7 +141,8 @@ class GuidedSampler:
         """One DDIM pass; the look-ahead guidance shift is applied when ``reward`` and ``lam`` are given."""
         scheduler.set_timesteps(self.num_steps)
         guided = reward is not None and lam is not None
-        step_kwargs = {"use_clipped_model_output": True} if isinstance(scheduler, DDIMScheduler) else {}
+        clipped = self.clip_sample and isinstance(scheduler, DDIMScheduler)
+        step_kwargs = {"use_clipped_model_output": True} if clipped else {}
         for t in scheduler.timesteps:
             t_batch = t.to(x.device).expand(x.shape[0])
             if guided:
