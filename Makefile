@@ -34,7 +34,7 @@ smoke: $(STAMP)  ## the CI-sized run of task=train_mnist
 bench: $(STAMP)  ## speed targets (sampling, training, estimator cost; bilevel vs search from reproduce runs) -> results/bench/
 	$(PY) scripts/bench.py --out results/bench --runs outputs/reproduce/quick
 
-reproduce: $(STAMP)  ## the paper's tables and figures: MODE=smoke|quick|full (plans in configs/reproduce/)
+reproduce: $(STAMP)  ## the paper's tables and figures: MODE=smoke|quick|full (plans: configs/reproduce_MODE.yaml)
 	$(PY) scripts/reproduce.py --mode $(MODE)
 
 aggregate: $(STAMP)  ## rebuild the tables and figures from existing runs: RUNS=outputs/reproduce/quick OUT=results

@@ -1,6 +1,6 @@
 """Reproduce the paper's tables and figures: ``python scripts/reproduce.py --mode smoke|quick|full`` (``make reproduce``).
 
-Prints the plan of ``configs/reproduce/MODE.yaml`` and its time estimate, runs every comparison as Hydra multiruns
+Prints the plan of ``configs/reproduce_MODE.yaml`` and its time estimate, runs every comparison as Hydra multiruns
 into ``--runs`` (resumable: run it again after a stop), then aggregates every finished run into ``--results``
 (``scripts/aggregate.py`` does only that step). Extra ``key=value`` arguments go to every job.
 """
@@ -24,7 +24,7 @@ from bilevel_diffusion.reproduce import describe, load_plan, run_comparison  # n
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--mode", default="quick", help="plan in configs/reproduce/: smoke, quick or full")
+    parser.add_argument("--mode", default="quick", help="plan configs/reproduce_MODE.yaml: smoke, quick or full")
     parser.add_argument("--runs", type=Path, help="run directories (default outputs/reproduce/MODE)")
     parser.add_argument("--results", type=Path, help="tables and figures (default results/, results/smoke/ for smoke)")
     parser.add_argument("--only", type=lambda text: text.split(","), metavar="A,B",

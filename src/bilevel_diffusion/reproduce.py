@@ -1,6 +1,6 @@
 """``make reproduce MODE=smoke|quick|full``: the paper's comparisons (Tables 1 and 2) as Hydra multiruns.
 
-A plan (``configs/reproduce/MODE.yaml``) lists *comparisons*: a task, an experiment preset, the bilevel method and
+A plan (``configs/reproduce_MODE.yaml``) lists *comparisons*: a task, an experiment preset, the bilevel method and
 its baselines, run for every seed of the plan. A comparison is one or two multiruns of ``run.py``:
 
 1. the bilevel method (and every baseline that takes no budget) over the seeds;
@@ -66,11 +66,11 @@ class Plan:
         return len(self.seeds) * sum(len(c.methods) * c.minutes_per_job for c in self.comparisons)
 
 
-def load_plan(mode: str, plan_dir: Path = ROOT / "configs" / "reproduce") -> Plan:
-    """The plan of ``mode`` (``configs/reproduce/<mode>.yaml``)."""
-    path = plan_dir / f"{mode}.yaml"
+def load_plan(mode: str, plan_dir: Path = ROOT / "configs") -> Plan:
+    """The plan of ``mode`` (``configs/reproduce_<mode>.yaml``; not a config group, so Hydra never composes it)."""
+    path = plan_dir / f"reproduce_{mode}.yaml"
     if not path.exists():
-        known = sorted(p.stem for p in plan_dir.glob("*.yaml"))
+        known = sorted(p.stem.removeprefix("reproduce_") for p in plan_dir.glob("reproduce_*.yaml"))
         raise ConfigError(f"no reproduce plan {path}; MODE must be one of {known}")
     raw = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
     seeds = [int(s) for s in raw.get("seeds", [])]
