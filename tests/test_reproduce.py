@@ -4,6 +4,7 @@ every comparison through Hydra multirun and produces every table and figure file
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 
@@ -87,19 +88,36 @@ def test_smoke_writes_every_table_and_figure(smoke) -> None:
 def test_smoke_jobs_write_the_run_contract(smoke) -> None:
     for c in load_plan("smoke").comparisons:
         for method in c.methods:
-            run_dir = smoke / "runs" / c.name / method / "seed_0"
-            summary = assert_run_contract(run_dir, c.task, method)
+            summary = assert_run_contract(smoke / "runs" / c.name / method / "seed_0", c.task, method)
             if c.task.startswith("finetune"):
                 for key in ("lambda", "r1", "r2", "fid_vs_pretrained", "method_nfe"):
                     assert key in summary, f"{c.task}/{method}: summary.json lacks {key}"
                 assert summary["objective"] == pytest.approx(-summary["r1"])
-                assert summary["sampler_nfe"] > summary["method_nfe"] >= 0
-            else:
-                assert {"fid", "is", "trainings_used", "schedule"} <= set(summary)
+                assert summary["sampler_nfe"] > summary["method_nfe"] >= 0 and summary["fid_vs_pretrained"] >= 0
+
+
+def test_smoke_scenario_a_runs_log_lambda_and_search_the_papers_grid(smoke) -> None:
     gaussian = smoke / "runs" / "finetune_gaussian"
     assert "lambda_star" in json.loads((gaussian / "closed_form" / "seed_0" / "summary.json").read_text())
     assert {"lambda", "hypergrad", "ess"} <= set(read_jsonl(gaussian / "closed_form" / "seed_0" / "metrics.jsonl")[0])
-    assert json.loads((gaussian / "grid" / "seed_0" / "summary.json").read_text())["trials"] == 5
+    grid_dir = gaussian / "grid" / "seed_0"
+    grid = json.loads((grid_dir / "summary.json").read_text())
+    assert grid["trials"] == 5 and min(abs(math.log10(grid["lambda"]) - k) for k in range(-2, 3)) < 1e-9
+    assert (grid_dir / "study.db").is_file() and (grid_dir / "rewards_vs_lambda.png").is_file()
+    mnist = json.loads((smoke / "runs" / "finetune_mnist" / "closed_form" / "seed_0" / "summary.json").read_text())
+    assert mnist["prompts"] == [3] and mnist["r1"] <= 0
+
+
+def test_smoke_scenario_b_bilevel_run_reports_its_schedule_and_both_networks(smoke) -> None:
+    run_dir = smoke / "runs" / "scenario_b" / "zeroth_order" / "seed_0"
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["objective"] == summary["fid"] > 0 and summary["is"] >= 1.0
+    assert summary["sampler_nfe"] == summary["objective_nfe"] + summary["report_nfe"] > summary["report_nfe"]
+    assert set(summary["schedule"]) == {"name", "start", "end", "tau", "eps"} and summary["trainings_used"] == 1
+    assert summary["theta_z_minus_theta_y"] > 0 and (run_dir / "schedule.png").is_file()
+    rows = [r for r in read_jsonl(run_dir / "metrics.jsonl") if "objective_fid" in r]
+    assert rows and all({"gamma", "gnorm_zo_q", "gnorm_sm_z_q", "gnorm_sm_y_q", "schedule_start"} <= set(r)
+                        for r in rows)
 
 
 def test_smoke_searches_of_scenario_b_had_the_bilevel_budget(smoke) -> None:
