@@ -1,7 +1,7 @@
 """``hardware=ddp``: two gloo processes give the numbers of one process on the same global batch.
 
-The fast tests fork the two ranks from this process (torchrun's environment variables set by hand, the imports
-already paid); the slow ones start them with torchrun itself.
+The fast tests start the two ranks as plain processes with torchrun's environment variables; the slow ones start
+them with torchrun itself.
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ import os
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -37,35 +36,28 @@ def torchrun(nproc: int, *args: str) -> subprocess.CompletedProcess:
                           cwd=ROOT)
 
 
-def forked_ranks(nproc: int, *args: str, timeout: float = 300) -> list[int]:
-    """``run.py ARGS`` as ``nproc`` forked ranks of one gloo group; their exit statuses."""
+def launched_ranks(nproc: int, *args: str, timeout: float = 300) -> list[tuple[int, str]]:
+    """``run.py ARGS`` as ``nproc`` processes of one gloo group, with the environment torchrun would give them
+    (without torchrun's agent); their exit statuses and stderr. Processes, not forks of pytest: a fork of a process whose
+    OpenMP pool has run hangs in the child (libgomp is not fork-safe)."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    pids = []
-    for rank in range(nproc):
-        pid = os.fork()
-        if pid == 0:  # a rank: torchrun's variables, the job, then leave without pytest's teardown
-            os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(nproc),
-                              MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-            code = 1
-            try:
-                code = run_in_process(*args)[0]
-            finally:
-                os._exit(code)
-        pids.append(pid)
-    codes, deadline = {}, time.time() + timeout
-    while len(codes) < nproc and time.time() < deadline:
-        for pid in set(pids) - set(codes):
-            done, status = os.waitpid(pid, os.WNOHANG)
-            if done:
-                codes[pid] = os.waitstatus_to_exitcode(status)
-        time.sleep(0.05)
-    for pid in set(pids) - set(codes):  # hung: kill it and report it as such
-        os.kill(pid, 9)
-        os.waitpid(pid, 0)
-        codes[pid] = -9
-    return [codes[pid] for pid in pids]
+    ranks = [subprocess.Popen([sys.executable, str(ROOT / "run.py"), *args], cwd=ROOT, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True,
+                              env={**os.environ, "BILEVEL_ROOT": str(ROOT), "OMP_NUM_THREADS": "1",
+                                   "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(nproc),
+                                   "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
+             for rank in range(nproc)]
+    results = []
+    for rank in ranks:
+        try:
+            _, stderr = rank.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:  # hung: kill it and report it as such
+            rank.kill()
+            _, stderr = rank.communicate()
+        results.append((rank.returncode, stderr[-2000:]))
+    return results
 
 
 def assert_same_numbers(one: Path, two: Path) -> None:
@@ -88,9 +80,10 @@ def run_one(case: str, run_dir: Path) -> None:
 
 
 @pytest.mark.parametrize("case", ["train_mnist", "finetune_gaussian"])
-def test_two_forked_gloo_ranks_give_the_numbers_of_one_process(tmp_path, case) -> None:
+def test_two_gloo_ranks_give_the_numbers_of_one_process(tmp_path, case) -> None:
     run_one(case, tmp_path / "one")
-    assert forked_ranks(2, *CASES[case], *SMOKE, "hardware=ddp", f"hydra.run.dir={tmp_path / 'two'}") == [0, 0]
+    ranks = launched_ranks(2, *CASES[case], *SMOKE, "hardware=ddp", f"hydra.run.dir={tmp_path / 'two'}")
+    assert [code for code, _ in ranks] == [0, 0], ranks
     assert_same_numbers(tmp_path / "one", tmp_path / "two")
     assert not list(tmp_path.glob("two/*rank*")), "only rank 0 writes the run directory"
 

@@ -2,8 +2,7 @@
 
 A killed job continues with ``resume=true`` from its last checkpoint (or study) and ends with the summary and the
 metrics lines of an uninterrupted run: no lost and no repeated step or trial. (``train_mnist``, the Alg. 6 schedule
-loop and a Bayesian schedule search have their own SIGKILL tests.) The job is killed in a forked copy of this
-process, so it starts without paying the imports again.
+loop and a Bayesian schedule search have their own SIGKILL tests.)
 """
 
 from __future__ import annotations
@@ -11,13 +10,15 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from conftest import read_jsonl, run_in_process
+from conftest import ROOT, read_jsonl, run_in_process
 
 SMOKE = ["task=finetune_gaussian", "experiment=smoke", "hardware=cpu", "logger=none"]
 CASES: dict[str, tuple[list[str], Callable[[Path], bool]]] = {
@@ -30,22 +31,15 @@ CASES: dict[str, tuple[list[str], Callable[[Path], bool]]] = {
 
 
 def run_and_kill(args: list[str], ready: Callable[[], bool], timeout: float = 120) -> None:
-    """``run.py ARGS`` in a forked child, killed with SIGKILL as soon as ``ready()``."""
-    pid = os.fork()
-    if pid == 0:  # the child: run the job and leave without pytest's teardown
-        code = 1
-        try:
-            code = run_in_process(*args)[0]
-        finally:
-            os._exit(code)
+    """``run.py ARGS`` in a child process, killed with SIGKILL as soon as ``ready()``. A process, not a fork of
+    pytest: a fork of a process whose OpenMP pool has run hangs in the child (libgomp is not fork-safe)."""
+    child = subprocess.Popen([sys.executable, str(ROOT / "run.py"), *args], cwd=ROOT, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL, env={**os.environ, "BILEVEL_ROOT": str(ROOT)})
     deadline = time.time() + timeout
-    while not ready() and time.time() < deadline and os.waitpid(pid, os.WNOHANG) == (0, 0):
+    while not ready() and time.time() < deadline and child.poll() is None:
         time.sleep(0.01)
-    try:
-        os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
-    except (ProcessLookupError, ChildProcessError):  # it had finished (the test then fails below)
-        pass
+    child.send_signal(signal.SIGKILL)
+    child.wait()
 
 
 def _log(run_dir: Path) -> list[dict]:
