@@ -1,4 +1,5 @@
-"""Atomic checkpoints: write to a temporary file in the same folder, then rename over the target."""
+"""Atomic checkpoints and caches: write to a uniquely named temporary file in the same folder, then rename over the
+target (concurrent writers, e.g. parallel test workers filling one cache, never see or make a half-written file)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import save as safetensors_bytes
 
 
 def _atomic_write(path: Path, write) -> None:
@@ -39,3 +41,10 @@ def write_json_atomic(obj: Any, path: str | Path) -> None:
     """JSON with sorted keys, written atomically."""
     text = json.dumps(obj, indent=2, sort_keys=True, default=float).encode()
     _atomic_write(Path(path), lambda handle: handle.write(text))
+
+
+def save_safetensors_atomic(tensors: dict[str, torch.Tensor], path: str | Path,
+                            metadata: dict[str, str] | None = None) -> None:
+    """A safetensors file of ``tensors`` (made contiguous), written atomically."""
+    data = safetensors_bytes({k: v.contiguous() for k, v in tensors.items()}, metadata=metadata)
+    _atomic_write(Path(path), lambda handle: handle.write(data))

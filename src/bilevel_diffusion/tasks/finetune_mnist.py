@@ -33,10 +33,11 @@ import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 from tqdm.auto import tqdm
 
+from bilevel_diffusion.checkpoint import save_safetensors_atomic, write_json_atomic
 from bilevel_diffusion.data.mnist import ImageData
 from bilevel_diffusion.errors import ConfigError
 from bilevel_diffusion.lower_solvers.score_matching import ScoreMatchingSolver
@@ -51,11 +52,8 @@ def _key(*parts: Any) -> str:
 
 
 def _save(state: dict[str, torch.Tensor], path: Path, card: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    save_file({k: v.contiguous() for k, v in state.items()}, str(tmp))
-    tmp.replace(path)
-    path.with_suffix(".json").write_text(json.dumps(card, indent=2))
+    save_safetensors_atomic(state, path)
+    write_json_atomic(card, path.with_suffix(".json"))
 
 
 def load_or_train_pretrained(cfg: DictConfig, data: ImageData, steps: int, batch_size: int, lr: float,
