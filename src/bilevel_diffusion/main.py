@@ -44,7 +44,7 @@ def run_job(cfg: DictConfig) -> float:
     task = instantiate(cfg.task)
     exit_code, main_rank = 1, distributed.is_main()
     with _writable_dir(run_dir) as own_dir:
-        recorder = Recorder(own_dir, cfg, cfg.logger if distributed.is_main() else None,
+        recorder = Recorder(own_dir, cfg, cfg.logger if main_rank else None,
                             job_name=f"{task.name}-{cfg.upper_estimator.name}-s{cfg.seed}")
         ctx = RunContext(run_dir=own_dir, cache_dir=Path(cfg.paths.cache_dir), device=device, dtype=dtype,
                          seed=int(cfg.seed), resume=bool(cfg.resume), recorder=recorder, shared_dir=run_dir)

@@ -6,7 +6,6 @@ re-run on finished runs.
 
 from __future__ import annotations
 
-import json
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
@@ -18,16 +17,12 @@ import matplotlib.image as mpimg  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 
 from bilevel_diffusion.reporting.figures import save_figure  # noqa: E402
-
-
-def _summary(run_dir: Path) -> dict:
-    return json.loads((run_dir / "summary.json").read_text())
+from bilevel_diffusion.reporting.run_files import read_metrics, read_summary  # noqa: E402
 
 
 def search_trials(run_dir: Path) -> list[dict]:
     """The evaluated trials of a search run (rows of ``metrics.jsonl`` holding ``trial``), by lambda."""
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
-    return sorted((row for row in rows if "trial" in row), key=lambda row: row["lambda"])
+    return sorted((row for row in read_metrics(run_dir) if "trial" in row), key=lambda row: row["lambda"])
 
 
 def plot_rewards_vs_lambda(runs: Mapping[str, Path], path: Path, curve_from: str = "grid") -> Path:
@@ -38,10 +33,10 @@ def plot_rewards_vs_lambda(runs: Mapping[str, Path], path: Path, curve_from: str
     ax.plot([t["lambda"] for t in trials], [t["r1"] for t in trials], marker="o", label="r1 (upper objective)")
     ax.plot([t["lambda"] for t in trials], [t["r2"] for t in trials], marker="s", label="r2 (fine-tuned reward)")
     for i, (method, run_dir) in enumerate(runs.items()):
-        lam = _summary(run_dir)["lambda"]
+        lam = read_summary(run_dir)["lambda"]
         ax.axvline(lam, color=f"C{i + 2}", ls="--", lw=1, label=f"{method}: {lam:.3g}")
     ax.set(xscale="log", xlabel="lambda", ylabel="mean reward of the guided samples",
-           title=f"{_summary(runs[curve_from])['task']}: rewards against lambda")
+           title=f"{read_summary(runs[curve_from])['task']}: rewards against lambda")
     ax.legend(fontsize=7)
     return save_figure(fig, path)
 
@@ -51,7 +46,7 @@ def plot_samples_small_chosen_large(runs: Mapping[str, Path], path: Path, bileve
     """Guided samples at the grid's smallest lambda, at the bilevel method's lambda and at the grid's largest."""
     images = sorted(runs[grid].glob("trial_lambda_*.png"), key=lambda p: float(p.stem.split("_")[-1]))
     panels = [(f"lambda = {images[0].stem.split('_')[-1]}", images[0]),
-              (f"bilevel lambda = {_summary(runs[bilevel])['lambda']:.3g}", runs[bilevel] / "samples.png"),
+              (f"bilevel lambda = {read_summary(runs[bilevel])['lambda']:.3g}", runs[bilevel] / "samples.png"),
               (f"lambda = {images[-1].stem.split('_')[-1]}", images[-1])]
     fig, axes = plt.subplots(1, 3, figsize=(10, 3.4))
     for ax, (title, image) in zip(axes, panels):

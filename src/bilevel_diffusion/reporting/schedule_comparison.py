@@ -6,7 +6,6 @@ on finished runs. Every FID here is the *reported* one (``eval.num_samples`` sam
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping
 from pathlib import Path
@@ -16,19 +15,16 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from bilevel_diffusion.reporting.figures import plot_fid_over_wall_clock, plot_parameter_traces, plot_schedules
+from bilevel_diffusion.reporting.run_files import read_metrics, read_summary
 from bilevel_diffusion.schedules.family import CosineSchedule, NoiseSchedule
 
 COLUMNS = [("reported FID", "fid"), ("IS", "is"), ("wall clock (s)", "wall_clock_s"),
            ("trainings used", "trainings_used"), ("sampler NFEs", "sampler_nfe")]
 
 
-def _rows(run_dir: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
-
-
 def final_schedule(run_dir: Path) -> NoiseSchedule:
     """The schedule a run ended with, as a fixed schedule of the run's family."""
-    params = {k: v for k, v in json.loads((run_dir / "summary.json").read_text())["schedule"].items() if k != "name"}
+    params = {k: v for k, v in read_summary(run_dir)["schedule"].items() if k != "name"}
     return instantiate(OmegaConf.load(run_dir / "config.yaml").schedule, learnable=False, **params)
 
 
@@ -40,7 +36,7 @@ def _number(value: Any) -> str:
 
 def comparison_markdown(runs: Mapping[str, Path]) -> str:
     """One row per method: reported FID, IS, wall clock, trainings, sampler NFEs and the final schedule."""
-    summaries = {label: json.loads((run_dir / "summary.json").read_text()) for label, run_dir in runs.items()}
+    summaries = {label: read_summary(run_dir) for label, run_dir in runs.items()}
     header = ["method", *[title for title, _ in COLUMNS], "final schedule (start, end, tau, eps)"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for label, summary in summaries.items():
@@ -57,9 +53,9 @@ def comparison_markdown(runs: Mapping[str, Path]) -> str:
 
 def fid_over_wall_clock(run_dir: Path) -> list[tuple[float, float]]:
     """(seconds, best reported FID so far) after each search trial, or the final point of a single run."""
-    trials = [row for row in _rows(run_dir) if "trial" in row and math.isfinite(row.get("fid", math.nan))]
+    trials = [row for row in read_metrics(run_dir) if "trial" in row and math.isfinite(row.get("fid", math.nan))]
     if not trials:
-        summary = json.loads((run_dir / "summary.json").read_text())
+        summary = read_summary(run_dir)
         return [(summary["wall_clock_s"], summary["fid"])]
     best, points = math.inf, []
     for row in trials:
@@ -74,12 +70,12 @@ def write_comparison(runs: Mapping[str, Path], out_dir: Path) -> dict[str, Path]
     table = out_dir / "comparison.md"
     table.write_text(comparison_markdown(runs))
     first = next(iter(runs.values()))
-    initial = json.loads((first / "summary.json").read_text())["initial_schedule"]
+    initial = read_summary(first)["initial_schedule"]
     curves: dict[str, NoiseSchedule] = {f"{label}: final": final_schedule(run_dir) for label, run_dir in runs.items()}
     curves["initial"] = instantiate(OmegaConf.load(first / "config.yaml").schedule, learnable=False, **initial)
     curves["standard cosine"] = CosineSchedule(start=0.0, end=1.0, tau=1.0, eps=0.008)
-    traces = {label: _rows(run_dir) for label, run_dir in runs.items()
-              if any("objective_fid" in row for row in _rows(run_dir))}
+    rows = {label: read_metrics(run_dir) for label, run_dir in runs.items()}
+    traces = {label: metrics for label, metrics in rows.items() if any("objective_fid" in row for row in metrics)}
     return {"table": table,
             "schedules": plot_schedules(curves, out_dir / "schedules.png", title="final schedules"),
             "schedule_params": plot_parameter_traces(traces, ("start", "end", "tau", "eps"),

@@ -12,11 +12,11 @@ Reads only the run contract (SPEC §5) under ``RUNS/<comparison>/<method>/seed_<
 
 from __future__ import annotations
 
-import json
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bilevel_diffusion.reporting.run_files import read_summary
 from bilevel_diffusion.reporting.schedule_comparison import fid_over_wall_clock
 
 
@@ -37,10 +37,6 @@ class Speedup:
         return text + "".join(f"; seed {s}: {why}" for s, why in sorted(self.missed.items()))
 
 
-def _summary(run_dir: Path) -> dict:
-    return json.loads((run_dir / "summary.json").read_text())
-
-
 def _seeds(comparison_dir: Path, *methods: str) -> list[int]:
     """Seeds for which every one of ``methods`` has a finished run."""
     per_method = [{int(p.parent.name.removeprefix("seed_")) for p in (comparison_dir / m).glob("seed_*/summary.json")}
@@ -53,7 +49,7 @@ def time_to_bayesian_best(comparison_dir: Path, bilevel: str = "zeroth_order",
     """Scenario B: bilevel wall clock / the search's wall clock to its best reported FID, per seed."""
     result = Speedup()
     for seed in _seeds(comparison_dir, bilevel, search):
-        ours = _summary(comparison_dir / bilevel / f"seed_{seed}")
+        ours = read_summary(comparison_dir / bilevel / f"seed_{seed}")
         curve = fid_over_wall_clock(comparison_dir / search / f"seed_{seed}")
         best_fid = curve[-1][1]
         reached_at = next(seconds for seconds, fid in curve if fid <= best_fid)
@@ -69,8 +65,8 @@ def nfe_to_best_search(comparison_dir: Path, bilevel: str = "closed_form",
     """Scenario A: bilevel method NFEs / NFEs of the search with the best reported r1, per seed."""
     result = Speedup()
     for seed in _seeds(comparison_dir, bilevel, *searches):
-        ours = _summary(comparison_dir / bilevel / f"seed_{seed}")
-        best = max((_summary(comparison_dir / s / f"seed_{seed}") for s in searches), key=lambda s: s["r1"])
+        ours = read_summary(comparison_dir / bilevel / f"seed_{seed}")
+        best = max((read_summary(comparison_dir / s / f"seed_{seed}") for s in searches), key=lambda s: s["r1"])
         if ours["r1"] >= best["r1"] - r1_tol:
             result.ratios[seed] = ours["method_nfe"] / best["method_nfe"]
         else:
