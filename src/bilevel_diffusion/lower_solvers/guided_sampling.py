@@ -26,11 +26,10 @@ from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, PNDMScheduler
 from torch import nn
 
 from bilevel_diffusion.errors import ConfigError
+from bilevel_diffusion.sampling.ddim import EpsFn, Scheduler, denoise, make_ddim_scheduler
 
 #: per-sample reward: images [B, ...] -> [B]
 Reward = Callable[[torch.Tensor], torch.Tensor]
-#: eps-prediction: (x_t [B, ...], t [B]) -> eps [B, ...]
-EpsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def _identity(x: torch.Tensor) -> torch.Tensor:
@@ -107,7 +106,7 @@ class GuidedSampler:
             raise ConfigError(f"lower_solver.scheduler must be ddim, dpm_solver or pndm (got {scheduler!r})")
         self.relinearize_rounds, self.scheduler_name = int(relinearize_rounds), scheduler
 
-    def scheduler(self, betas: torch.Tensor) -> DDIMScheduler | DPMSolverMultistepScheduler | PNDMScheduler:
+    def scheduler(self, betas: torch.Tensor) -> Scheduler:
         """diffusers' DDIM (eta = 0), DPM-Solver++(2M) or PNDM for the model's training betas (eps-prediction)."""
         common = {"num_train_timesteps": betas.shape[0], "trained_betas": betas.detach().cpu().double().numpy(),
                   "timestep_spacing": self.timestep_spacing, "prediction_type": "epsilon"}
@@ -115,7 +114,7 @@ class GuidedSampler:
             return DPMSolverMultistepScheduler(**common, solver_order=2, thresholding=False, final_sigmas_type="zero")
         if self.scheduler_name == "pndm":
             return PNDMScheduler(**common, skip_prk_steps=True, set_alpha_to_one=False)
-        return DDIMScheduler(**common, clip_sample=self.clip_sample, set_alpha_to_one=True)
+        return make_ddim_scheduler(betas, self.clip_sample, self.timestep_spacing)
 
     def sample(self, eps_fn: EpsFn, betas: torch.Tensor, noise: torch.Tensor, reward: Reward | None = None,
                lam: float | None = None, decode: Callable[[torch.Tensor], torch.Tensor] = _identity,
@@ -135,28 +134,28 @@ class GuidedSampler:
             chunks.append(decode(x0).detach().cpu())
         return GuidedSamples(torch.cat(chunks), nfe)
 
-    def _ddim(self, eps_fn: EpsFn, scheduler: DDIMScheduler | DPMSolverMultistepScheduler | PNDMScheduler,
-              x: torch.Tensor, reward: Reward | None, lam: float | None,
-              decode: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
-        """One DDIM pass; the look-ahead guidance shift is applied when ``reward`` and ``lam`` are given."""
-        scheduler.set_timesteps(self.num_steps)
-        guided = reward is not None and lam is not None
+    def _ddim(self, eps_fn: EpsFn, scheduler: Scheduler, x: torch.Tensor, reward: Reward | None,
+              lam: float | None, decode: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        """One sampling pass; the look-ahead guidance shift is applied when ``reward`` and ``lam`` are given."""
         clipped = self.clip_sample and isinstance(scheduler, DDIMScheduler)
-        step_kwargs = {"use_clipped_model_output": True} if clipped else {}
-        for t in scheduler.timesteps:
-            t_batch = t.to(x.device).expand(x.shape[0])
-            if guided:
-                x_in = x.detach().requires_grad_(True)
-                with torch.enable_grad():
-                    eps = eps_fn(x_in, t_batch)
-                    abar = scheduler.alphas_cumprod[int(t)].to(x.device, x.dtype)
-                    x0_hat = (x_in - (1 - abar).sqrt() * eps) / abar.sqrt()
-                    if self.clip_sample:  # the reward sees a valid image; saturated pixels get no gradient
-                        x0_hat = x0_hat.clamp(-1, 1)
-                    (grad,) = torch.autograd.grad(reward(decode(x0_hat)).sum(), x_in)
-                eps = eps.detach() - (1 - abar).sqrt() * grad / lam
-            else:
-                with torch.no_grad():
-                    eps = eps_fn(x, t_batch)
-            x = scheduler.step(eps, t, x.detach(), **step_kwargs).prev_sample
+        if reward is not None and lam is not None:
+            eps_fn = self._guided(eps_fn, scheduler, reward, lam, decode)
+        x = denoise(eps_fn, scheduler, x, self.num_steps, use_clipped_model_output=clipped)
         return x.clamp(-1, 1) if self.clip_sample else x
+
+    def _guided(self, eps_fn: EpsFn, scheduler: Scheduler, reward: Reward, lam: float,
+                decode: Callable[[torch.Tensor], torch.Tensor]) -> EpsFn:
+        """The guided eps of Alg. 5: ``eps - sqrt(1 - abar_t) grad_{x_t} r(decode(x0_hat)) / lambda``."""
+
+        def guided_eps(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            x_in = x.detach().requires_grad_(True)
+            with torch.enable_grad():
+                eps = eps_fn(x_in, t)
+                abar = scheduler.alphas_cumprod[int(t[0])].to(x.device, x.dtype)
+                x0_hat = (x_in - (1 - abar).sqrt() * eps) / abar.sqrt()
+                if self.clip_sample:  # the reward sees a valid image; saturated pixels get no gradient
+                    x0_hat = x0_hat.clamp(-1, 1)
+                (grad,) = torch.autograd.grad(reward(decode(x0_hat)).sum(), x_in)
+            return eps.detach() - (1 - abar).sqrt() * grad / lam
+
+        return guided_eps

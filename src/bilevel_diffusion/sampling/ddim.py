@@ -1,12 +1,23 @@
-"""Deterministic DDIM sampling (paper Alg. 4) through diffusers' ``DDIMScheduler`` built from a schedule's betas."""
+"""Deterministic DDIM sampling (paper Alg. 4) through diffusers' ``DDIMScheduler`` built from a schedule's betas.
+
+:func:`denoise` is the one sampling loop of the project: plain DDIM here (:func:`ddim_sample`, Scenario B and the
+reported FID) and reward-guided DDIM in ``lower_solvers.guided_sampling`` (paper Alg. 5) both run it.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
-from diffusers import DDIMScheduler
+from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, PNDMScheduler
 from torch import nn
 
 from bilevel_diffusion import distributed
+
+#: eps-prediction: (x_t [B, ...], t [B]) -> eps [B, ...]
+EpsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+#: a diffusers scheduler of the eps-prediction ODE (DDIM with eta = 0, DPM-Solver++, PNDM)
+Scheduler = DDIMScheduler | DPMSolverMultistepScheduler | PNDMScheduler
 
 
 def make_ddim_scheduler(betas: torch.Tensor, clip_sample: bool = True,
@@ -15,6 +26,22 @@ def make_ddim_scheduler(betas: torch.Tensor, clip_sample: bool = True,
     return DDIMScheduler(num_train_timesteps=betas.shape[0], trained_betas=betas.detach().cpu().double().numpy(),
                          clip_sample=clip_sample, set_alpha_to_one=True, timestep_spacing=timestep_spacing,
                          prediction_type="epsilon")
+
+
+def denoise(eps_fn: EpsFn, scheduler: Scheduler, x: torch.Tensor, num_steps: int,
+            use_clipped_model_output: bool = False) -> torch.Tensor:
+    """Integrate from ``x = x_T`` to ``x_0`` with ``num_steps`` steps of ``scheduler`` (no final clamp).
+
+    ``eps_fn`` runs without autograd unless it enables it itself (the guided eps of Alg. 5 does).
+    ``use_clipped_model_output``: a clipping DDIM step re-derives eps from its clipped x0 estimate.
+    """
+    scheduler.set_timesteps(num_steps)
+    step_kwargs = {"use_clipped_model_output": True} if use_clipped_model_output else {}
+    for t in scheduler.timesteps:
+        with torch.no_grad():
+            eps = eps_fn(x, t.to(x.device).expand(x.shape[0]))
+        x = scheduler.step(eps, t, x, **step_kwargs).prev_sample
+    return x
 
 
 @torch.no_grad()
@@ -28,15 +55,11 @@ def ddim_sample(model: nn.Module, scheduler: DDIMScheduler, noise: torch.Tensor,
     """
     from tqdm.auto import tqdm
 
-    scheduler.set_timesteps(num_inference_steps)
     model.eval()
     local = distributed.shard(noise)
     chunks = [local[:0].float()]
     starts = range(0, local.shape[0], batch_size)
     for start in tqdm(starts, desc="DDIM", disable=None if progress else True, leave=False):
-        x = local[start:start + batch_size].to(device)
-        for t in scheduler.timesteps:
-            eps = model(x, t.to(device).expand(x.shape[0]))
-            x = scheduler.step(eps, t, x, eta=0.0).prev_sample
+        x = denoise(model, scheduler, local[start:start + batch_size].to(device), num_inference_steps)
         chunks.append(x.clamp(-1, 1).float().cpu())
-    return distributed.gather(torch.cat(chunks)), noise.shape[0] * len(scheduler.timesteps)
+    return distributed.gather(torch.cat(chunks)), noise.shape[0] * num_inference_steps
