@@ -41,6 +41,20 @@ def test_oracle_lambda_star_zeroes_the_analytic_gradient() -> None:
     assert ORACLE.gradient(1.3) == pytest.approx((ORACLE.objective(1.3 + h) - ORACLE.objective(1.3 - h)) / (2 * h))
 
 
+@pytest.mark.parametrize("oracle", [ORACLE, GaussianTilt([0.0, 0.0], [1.0, 1.0], [1.0, 0.0], [0.05, 3.0]),
+                                    GaussianTilt([1.0, -1.0, 0.5], [0.3, 2.0, 1.0], [2.0, -1.0, 0.5], [3.0, -4.0, 1.0])],
+                         ids=["default", "flat-optimum", "3-d"])
+def test_lambda_star_rel_sd_is_the_spread_of_the_monte_carlo_root(oracle: GaussianTilt) -> None:
+    """The predicted spread of 1/lambda* located from N samples equals the spread of the root of the N-sample
+    hyper-gradient Cov(r1, r2) (linearised: u_hat = u* + Cov_N / |Sigma a|^2) over many pools drawn at lambda*."""
+    lam, n = oracle.lambda_star(1e-3, 1e3), 2_000
+    curvature = float((oracle.shift**2).sum())
+    roots = torch.tensor([1 / lam + hypergradient(exact_pool(oracle, n, seed, lam), lam).grad * lam**2 / curvature
+                          for seed in range(300)])
+    assert float(roots.mean()) == pytest.approx(1 / lam, abs=4 * float(roots.std()) / math.sqrt(300))
+    assert float(roots.std()) * lam == pytest.approx(oracle.lambda_star_rel_sd(lam, n), rel=0.15)
+
+
 @pytest.mark.parametrize("lam", [1.0, 4.0], ids=["negative-gradient", "positive-gradient"])
 def test_mc_hypergradient_matches_the_analytic_derivative_with_the_right_sign(lam: float) -> None:
     exact = ORACLE.gradient(lam)
