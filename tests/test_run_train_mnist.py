@@ -27,8 +27,8 @@ def test_resume_after_sigkill_gives_the_numbers_of_an_uninterrupted_run(tmp_path
     straight = tmp_path / "straight"
     assert run_cli(*args, f"hydra.run.dir={straight}").returncode == 0
 
-    stopped = tmp_path / "stopped"
-    proc = subprocess.Popen([sys.executable, str(ROOT / "run.py"), *args, f"hydra.run.dir={stopped}"],
+    stopped = tmp_path / "stopped"  # with W&B (offline), to check that the resumed job continues the same W&B run
+    proc = subprocess.Popen([sys.executable, str(ROOT / "run.py"), *args, "logger=wandb", f"hydra.run.dir={stopped}"],
                             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     checkpoint = stopped / "checkpoints" / "last.pt"
     deadline = time.time() + 120
@@ -41,8 +41,12 @@ def test_resume_after_sigkill_gives_the_numbers_of_an_uninterrupted_run(tmp_path
     refused = run_cli(*args, f"hydra.run.dir={stopped}")
     assert refused.returncode == 2 and "resume=true" in refused.stderr
 
-    resumed = run_cli(*args, f"hydra.run.dir={stopped}", "resume=true")
+    resumed = run_cli(*args, "logger=wandb", f"hydra.run.dir={stopped}", "resume=true")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
+    run_id = (stopped / "wandb_id.txt").read_text()
+    wandb_runs = sorted((stopped / "wandb").glob("offline-run-*"))
+    assert len(wandb_runs) == 2 and all((d / f"run-{run_id}.wandb").is_file() for d in wandb_runs), \
+        "the resumed job must log to the W&B run of the stopped one"
     a = json.loads((straight / "summary.json").read_text())
     b = json.loads((stopped / "summary.json").read_text())
     assert a["fid"] == b["fid"] and a["is"] == b["is"]
