@@ -61,17 +61,25 @@ def launched_ranks(nproc: int, *args: str, timeout: float = 300) -> list[tuple[i
 
 
 def assert_same_numbers(one: Path, two: Path) -> None:
-    """Summary numbers within :data:`KEYS`' tolerances, the same NFEs and the same loss curve (to 1e-5)."""
+    """Summary numbers within :data:`KEYS`' tolerances, the same NFEs and the same logged numbers at every step
+    (losses of both copies, schedule parameters, gradient norms, lambda: to 1e-4; in-loop FIDs and zeroth-order
+    gradients, which amplify float rounding: to 1e-2 and 0.1; schedule parameters to 1e-4 absolute)."""
     a, b = (json.loads((d / "summary.json").read_text()) for d in (one, two))
     for key, rel in KEYS.items():
         if key in a:
             assert b[key] == pytest.approx(a[key], rel=rel), key
     assert a["sampler_nfe"] == b["sampler_nfe"]
-    rows = [[r for r in read_jsonl(d / "metrics.jsonl") if "loss" in r or "loss_y" in r] for d in (one, two)]
+    rows = [read_jsonl(d / "metrics.jsonl") for d in (one, two)]
     assert [r["step"] for r in rows[0]] == [r["step"] for r in rows[1]]
+    assert any("loss" in r or "loss_y" in r for r in rows[0]) or "lambda" in rows[0][0]
     for x, y in zip(*rows):
-        loss = "loss" if "loss" in x else "loss_y"
-        assert y[loss] == pytest.approx(x[loss], rel=1e-5)
+        assert set(x) == set(y)
+        for key in set(x) - {"wall_clock_s"}:
+            # FIDs of 32 samples amplify float rounding, zeroth-order gradients (FID differences / 2 delta) more
+            # and the schedule parameters they move (some sit near 0: absolute)
+            rel = 0.1 if "zo" in key else 1e-2 if "fid" in key else 1e-4
+            tol = 1e-4 if key.startswith("schedule_") else 1e-8
+            assert y[key] == pytest.approx(x[key], rel=rel, abs=tol), (x["step"], key)
 
 
 def run_one(case: str, run_dir: Path) -> None:
@@ -79,7 +87,7 @@ def run_one(case: str, run_dir: Path) -> None:
     assert code == 0, stderr[-2000:]
 
 
-@pytest.mark.parametrize("case", ["train_mnist", "finetune_gaussian"])
+@pytest.mark.parametrize("case", list(CASES))
 def test_two_gloo_ranks_give_the_numbers_of_one_process(tmp_path, case) -> None:
     run_one(case, tmp_path / "one")
     ranks = launched_ranks(2, *CASES[case], *SMOKE, "hardware=ddp", f"hydra.run.dir={tmp_path / 'two'}")

@@ -3,6 +3,7 @@
 - Training: every rank draws the *global* batch (and its t and eps) from the same seeded generator and computes
   the loss on its contiguous shard, weighted by the shard's share of the batch; :func:`sum_gradients` then adds the
   ranks' gradients, so each step is the single-process step on the same global batch (up to float rounding).
+  The penalty step of Scenario B (theta_z and the schedule) does the same with :func:`sum_tensors`.
 - Sampling: each rank samples its shard of the initial noise and :func:`gather` reassembles the samples in order,
   so rewards, features and metrics are computed from the same full set on every rank.
 - Files: only rank 0 writes the run directory and W&B; the other ranks write into a scratch folder (see
@@ -101,22 +102,26 @@ def broadcast(obj: Any) -> Any:
 
 
 def sum_gradients(params: Iterable[torch.nn.Parameter]) -> None:
-    """Add up the ranks' gradients in place (their losses are already weighted by the shard sizes).
+    """Add up the ranks' gradients in place (their losses are already weighted by the shard sizes)."""
+    sum_tensors([p.grad for p in params if p.grad is not None])
 
-    One ``all_reduce`` per dtype and device over the flattened gradients (a bucket, as torch DDP does), not one
-    per parameter: a UNet has hundreds of small parameters and each collective has a fixed latency.
+
+def sum_tensors(tensors: Iterable[torch.Tensor]) -> None:
+    """Replace each tensor by its sum over the ranks, in place.
+
+    One ``all_reduce`` per dtype and device over the flattened tensors (a bucket, as torch DDP does), not one per
+    tensor: a UNet has hundreds of small parameters and each collective has a fixed latency.
     """
     if not active():
         return
     buckets: dict[tuple[torch.dtype, torch.device], list[torch.Tensor]] = {}
-    for p in params:
-        if p.grad is not None:
-            buckets.setdefault((p.grad.dtype, p.grad.device), []).append(p.grad)
-    for grads in buckets.values():
-        flat = torch.cat([g.reshape(-1) for g in grads])
+    for tensor in tensors:
+        buckets.setdefault((tensor.dtype, tensor.device), []).append(tensor)
+    for group in buckets.values():
+        flat = torch.cat([t.reshape(-1) for t in group])
         dist.all_reduce(flat)
-        for grad, summed in zip(grads, flat.split([g.numel() for g in grads])):
-            grad.copy_(summed.view_as(grad))
+        for tensor, summed in zip(group, flat.split([t.numel() for t in group])):
+            tensor.copy_(summed.view_as(tensor))
 
 
 def sum_scalar(value: torch.Tensor | float | int, device: torch.device | None = None) -> float:

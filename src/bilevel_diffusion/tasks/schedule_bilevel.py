@@ -73,11 +73,12 @@ class ScheduleBilevel:
         return self.quality.fid_score(images)
 
     def _lower_loss(self, model: torch.nn.Module, x0: torch.Tensor, noise_seed: int) -> Callable[[], torch.Tensor]:
-        """L_SM(model; q) with a graph to q; both copies get the same batch, t and eps (common random numbers)."""
+        """L_SM(model; q) with a graph to q; both copies get the same batch, t and eps (common random numbers).
+        With ``hardware=ddp``: this rank's share of it (``penalty_gradients`` sums the ranks' gradients)."""
         def loss() -> torch.Tensor:
             model.train()
             generator = torch.Generator().manual_seed(noise_seed)
-            return score_matching_loss(model, self.schedule.alphas_cumprod(), x0, generator)
+            return score_matching_loss(model, self.schedule.alphas_cumprod(), x0, generator, data_parallel=True)
         return loss
 
     def step(self) -> dict[str, float]:

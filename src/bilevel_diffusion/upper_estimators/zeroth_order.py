@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
+from bilevel_diffusion import distributed
 from bilevel_diffusion.errors import ConfigError, check_policy
 
 #: ``objective(seed) -> value``; both evaluations of one direction get the same seed (common random numbers)
@@ -113,7 +114,8 @@ def penalty_gradients(upper: torch.Tensor, penalised: Sequence[torch.Tensor],
     ``upper`` is the upper variable q (a leaf tensor); ``penalised`` are theta_z's tensors; ``lower_penalised()`` and
     ``lower_plain()`` return L(theta_z; q) and L(theta_y; q) with graphs to q (and to theta_z for the first); the
     f-gradients are zeroth-order (:func:`two_point_gradient`, ``upper_scale`` = per-coordinate smoothing scale of q).
-    All terms are evaluated at the same point (a simultaneous update).
+    All terms are evaluated at the same point (a simultaneous update). With ``hardware=ddp`` the two losses are this
+    rank's share of the batch loss and their gradients (and values) are summed over the ranks.
     """
     if gamma <= 0:
         raise ConfigError(f"the penalty constant gamma must be > 0 (got {gamma})")
@@ -124,13 +126,15 @@ def penalty_gradients(upper: torch.Tensor, penalised: Sequence[torch.Tensor],
     grad_q_z, *grad_z = torch.autograd.grad(loss_z, [upper, *penalised])
     loss_y = lower_plain()
     (grad_q_y,) = torch.autograd.grad(loss_y, [upper])
+    distributed.sum_tensors([grad_q_z, *grad_z, grad_q_y])  # hardware=ddp: the shards' shares of the batch
     upper_grad = zo_q.grads[0] / gamma + grad_q_z - grad_q_y
     penalised_grads = [zo / gamma + g for zo, g in zip(zo_z.grads, grad_z)]
     evaluations = zo_z.evaluations + zo_q.evaluations
     mean = (zo_z.mean_value * zo_z.evaluations + zo_q.mean_value * zo_q.evaluations) / evaluations
     norms = {"gnorm_zo_q": _norm(zo_q.grads), "gnorm_sm_z_q": _norm([grad_q_z]), "gnorm_sm_y_q": _norm([grad_q_y]),
              "gnorm_zo_z": _norm(zo_z.grads), "gnorm_sm_z": _norm(grad_z)}
-    return PenaltyGradients(upper_grad, penalised_grads, mean, float(loss_z.detach()), float(loss_y.detach()), norms,
+    return PenaltyGradients(upper_grad, penalised_grads, mean, distributed.sum_scalar(loss_z.detach()),
+                            distributed.sum_scalar(loss_y.detach()), norms,
                             zo_z.skipped_directions + zo_q.skipped_directions)
 
 
