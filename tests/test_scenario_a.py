@@ -41,9 +41,11 @@ def test_oracle_lambda_star_zeroes_the_analytic_gradient() -> None:
     assert ORACLE.gradient(1.3) == pytest.approx((ORACLE.objective(1.3 + h) - ORACLE.objective(1.3 - h)) / (2 * h))
 
 
-@pytest.mark.parametrize("oracle", [ORACLE, GaussianTilt([0.0, 0.0], [1.0, 1.0], [1.0, 0.0], [0.05, 3.0]),
-                                    GaussianTilt([1.0, -1.0, 0.5], [0.3, 2.0, 1.0], [2.0, -1.0, 0.5], [3.0, -4.0, 1.0])],
-                         ids=["default", "flat-optimum", "3-d"])
+FLAT = GaussianTilt([0.0, 0.0], [1.0, 1.0], [1.0, 0.0], [0.05, 3.0])  # lambda* = 20, F nearly flat around it
+TILT_3D = GaussianTilt([1.0, -1.0, 0.5], [0.3, 2.0, 1.0], [2.0, -1.0, 0.5], [3.0, -4.0, 1.0])
+
+
+@pytest.mark.parametrize("oracle", [ORACLE, FLAT, TILT_3D], ids=["default", "flat-optimum", "3-d"])
 def test_lambda_star_rel_sd_is_the_spread_of_the_monte_carlo_root(oracle: GaussianTilt) -> None:
     """The predicted spread of 1/lambda* located from N samples equals the spread of the root of the N-sample
     hyper-gradient Cov(r1, r2) (linearised: u_hat = u* + Cov_N / |Sigma a|^2) over many pools drawn at lambda*."""

@@ -72,11 +72,10 @@ class GaussianTilt:
 
     def lambda_star_rel_sd(self, lam_star: float, num_samples: int) -> float:
         """Relative sd of the root u* = 1/lambda* of the N-sample hyper-gradient Cov(r1, r2) (module docstring)."""
-        d, cov_a = self.tilted_mean(lam_star) - self.c, self.var * self.a
-        moment = (float((d * self.var * d).sum()) * float((self.a * cov_a).sum()) + 2 * float((d * cov_a).sum())**2
-                  + float((self.var**2).sum()) * float((self.a * cov_a).sum()) / 2
-                  + 2 * float((self.var**3 * self.a**2).sum()))
-        return (moment / num_samples) ** 0.5 / float((cov_a**2).sum()) * lam_star
+        d, a_sigma_a = self.tilted_mean(lam_star) - self.c, float((self.a * self.shift).sum())
+        moment = (float((d * self.var * d).sum()) * a_sigma_a + 2 * float((d * self.shift).sum())**2
+                  + float((self.var**2).sum()) * a_sigma_a / 2 + 2 * float((self.var**3 * self.a**2).sum()))
+        return (moment / num_samples) ** 0.5 / float((self.shift**2).sum()) * lam_star
 
     def r1(self, x: torch.Tensor) -> torch.Tensor:
         return -((x - self.c.to(x.dtype)) ** 2).sum(1) / 2
@@ -128,7 +127,8 @@ class FinetuneGaussian(RewardFinetuneTask):
         star = self.oracle.lambda_star(*self.bounds)
         rel_sd = self.oracle.lambda_star_rel_sd(star, self.pool_samples)
         if rel_sd > 0.025 and self.bounds[0] < star < self.bounds[1]:
-            log.warning("lambda* = %.4g is flat against Monte Carlo noise: %d pool samples locate it to +-%.0f%% (1 sd); "
-                        "raise task.pool_samples for a tighter estimate", star, self.pool_samples, 100 * rel_sd)
+            log.warning("lambda* = %.4g is flat against Monte Carlo noise: %d pool samples locate it to +-%.0f%% "
+                        "(1 sd); raise task.pool_samples for a tighter estimate", star, self.pool_samples,
+                        100 * rel_sd)
         return {"lambda_star": star, "lambda_rel_error": abs(lam - star) / star, "lambda_star_rel_sd": rel_sd,
                 "objective_exact": self.oracle.objective(lam), "objective_star": self.oracle.objective(star)}
