@@ -26,7 +26,7 @@ def main(cfg: DictConfig) -> float:
     from bilevel_diffusion.main import run_job  # heavy (torch, diffusers): after the cheap checks
 
     try:
-        return run_job(cfg)
+        return run_job(cfg, ROOT / "configs")
     except Exception as err:  # bad input or a NaN/Inf, possibly wrapped by instantiate
         user_error = find_user_error(err)
         if user_error is None:

@@ -57,7 +57,7 @@ def read_jsonl(path: Path) -> list[dict]:
 
 
 def assert_run_contract(run_dir: Path, task: str, method: str) -> dict:
-    """Every file of SPEC §5 is there and well-formed; returns summary.json."""
+    """Every file of the run contract (README) is there and well-formed; returns summary.json."""
     from omegaconf import OmegaConf
 
     for name in ("config.yaml", "metrics.jsonl", "summary.json"):
@@ -72,6 +72,19 @@ def assert_run_contract(run_dir: Path, task: str, method: str) -> dict:
     assert summary["task"] == task and summary["method"] == method
     assert list(run_dir.glob("*.png")), "no PNG written"
     return summary
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    """Tiny random-weight Stable Diffusion and reward models (``scripts/make_tiny_sd.py``), for ``model=tiny``."""
+    out = tmp_path_factory.mktemp("weights") / "tiny_sd"
+    argv = sys.argv
+    sys.argv = ["make_tiny_sd.py", str(out)]
+    try:
+        runpy.run_path(str(ROOT / "scripts" / "make_tiny_sd.py"), run_name="__main__")
+    finally:
+        sys.argv = argv
+    return out
 
 
 @pytest.fixture

@@ -32,6 +32,6 @@ def test_fixed_schedules_instantiate_with_a_valid_alpha_bar(schedule: str) -> No
 
 
 def test_default_model_is_a_diffusers_unet_of_one_to_two_million_parameters() -> None:
-    model = instantiate(compose().model)
+    model = instantiate(compose().model)()
     assert type(model.unet).__name__ == "UNet2DModel"
     assert 1_000_000 <= model.num_parameters <= 2_000_000

@@ -16,11 +16,9 @@ import torch
 from hydra.utils import instantiate
 
 from bilevel_diffusion.errors import ConfigError
-from bilevel_diffusion.evaluation import build_image_quality
 from bilevel_diffusion.runtime import RunContext
-from bilevel_diffusion.tasks.noise_schedule_mnist import search_space, with_params
-from bilevel_diffusion.tasks.schedule_bilevel import ScheduleBilevel
 from bilevel_diffusion.tracking.recorder import Recorder
+from bilevel_diffusion.upper_estimators.zeroth_order import PenaltyLoop
 from conftest import ROOT, assert_run_contract, compose, read_jsonl, run_cli
 
 TINY = ["task=noise_schedule_mnist", "experiment=smoke", "hardware=cpu", "upper_estimator.n_obj=4",
@@ -29,20 +27,20 @@ TINY = ["task=noise_schedule_mnist", "experiment=smoke", "hardware=cpu", "upper_
 INITIAL = {"start": 0.0, "end": 1.0, "tau": 1.0, "eps": 0.008}
 
 
+def _problem(run_dir: Path, *overrides: str):
+    """The Scenario B problem of task=noise_schedule_mnist as run.py builds it, and its config."""
+    cfg = compose(*TINY, *overrides)
+    ctx = RunContext(run_dir=run_dir, cache_dir=Path(cfg.paths.cache_dir), device=torch.device("cpu"),
+                     dtype=torch.float32, seed=0, resume=False, recorder=Recorder(run_dir, cfg))
+    return instantiate(cfg.task).problem(ctx), cfg, ctx
+
+
 @pytest.fixture(scope="module")
 def make_trainer(tmp_path_factory):
-    """Builds a fresh Alg. 6 trainer on the tiny settings (data and FID statistics loaded once)."""
-    cfg = compose(*TINY)
-    data = instantiate(cfg.data)
-    quality = None
-
-    def make() -> ScheduleBilevel:
-        nonlocal quality
-        run_dir = tmp_path_factory.mktemp("bilevel")
-        ctx = RunContext(run_dir=run_dir, cache_dir=Path(cfg.paths.cache_dir), device=torch.device("cpu"),
-                         dtype=torch.float32, seed=0, resume=False, recorder=Recorder(run_dir, cfg))
-        quality = quality or build_image_quality(cfg, data.test_x, ctx)
-        return ScheduleBilevel(cfg, instantiate(cfg.upper_estimator), instantiate(cfg.schedule), data, quality, ctx)
+    """Builds a fresh Alg. 6 loop on the tiny settings."""
+    def make() -> PenaltyLoop:
+        problem, cfg, ctx = _problem(tmp_path_factory.mktemp("bilevel"))
+        return PenaltyLoop(instantiate(cfg.upper_estimator), problem, ctx)
     return make
 
 
@@ -100,12 +98,12 @@ def test_every_search_baseline_runs_through_run_py(tmp_path, smoke_args) -> None
         assert (run_dir / "study.db").is_file() and (run_dir / "schedule.png").is_file()
 
 
-def test_a_search_needs_the_box_of_a_learned_schedule() -> None:
-    box = search_space(instantiate(compose("schedule=learned_cosine").schedule))
+def test_a_search_needs_the_box_of_a_learned_schedule(tmp_path) -> None:
+    box = _problem(tmp_path / "learned", "schedule=learned_cosine")[0].search_space()
     assert box["tau"] == {"low": 1.0, "high": 4.0, "log": False, "initial": 1.0}
     assert set(box) == {"start", "end", "tau", "eps"}
     with pytest.raises(ConfigError, match="schedule.bounds"):
-        search_space(instantiate(compose("schedule=cosine").schedule))
+        _problem(tmp_path / "fixed", "schedule=cosine")[0].search_space()
 
 
 def _kill_when(cmd: list[str], ready, timeout: float = 300) -> None:
@@ -155,8 +153,8 @@ def test_every_corner_of_a_learned_box_is_a_valid_schedule(family: str) -> None:
     schedule = instantiate(compose(f"schedule={family}").schedule)
     assert schedule.learnable and set(schedule.bounds) == set(schedule.param_names)
     for corner in itertools.product(*(schedule.bounds[name] for name in schedule.param_names)):
-        abar = with_params(schedule, dict(zip(schedule.param_names, corner))).alphas_cumprod()
+        abar = type(schedule)(**dict(zip(schedule.param_names, corner))).alphas_cumprod()
         assert torch.isfinite(abar).all() and bool((abar[1:] <= abar[:-1]).all()), corner
         assert float(abar[0]) > 0.99, corner
-        if dict(zip(schedule.param_names, corner))["end"] == 1.0:  # end < 1 stops short of noise (SPEC's abar)
+        if dict(zip(schedule.param_names, corner))["end"] == 1.0:  # end < 1 stops short of noise: f(t')/f(start)
             assert float(abar[-1]) < 1e-6, corner

@@ -11,6 +11,9 @@ import sys
 import pytest
 from omegaconf import OmegaConf
 
+from hydra.utils import instantiate
+
+from bilevel_diffusion.errors import ConfigError
 from bilevel_diffusion.reproduce import Comparison, load_plan, run_comparison
 from conftest import ROOT, assert_run_contract, compose, read_jsonl, run_cli
 
@@ -29,8 +32,10 @@ def test_every_job_of_every_plan_composes(mode) -> None:
     for c in plan.comparisons:
         for method in c.methods:
             experiment = [f"experiment={c.experiment}"] if c.experiment else []
-            cfg = compose(f"task={c.task}", *experiment, f"upper_estimator={method}", *c.overrides)
+            cfg = compose(f"task={c.task}", *experiment, f"upper_estimator={method}", *c.overrides,
+                          *c.method_overrides.get(method, []))
             assert method.startswith(cfg.upper_estimator.name) and cfg.task.name == c.task
+            instantiate(cfg.upper_estimator)  # the method's overrides are settings it has
 
 
 def test_equal_compute_gives_the_searches_the_bilevel_wall_clock(tmp_path) -> None:
@@ -46,11 +51,24 @@ def test_equal_compute_gives_the_searches_the_bilevel_wall_clock(tmp_path) -> No
             (run_dir / "summary.json").write_text(json.dumps({"wall_clock_s": wall}))
 
     run_comparison(comparison, [0, 1], tmp_path, runner=fake_run)
-    first, searches = commands
-    assert "upper_estimator=zeroth_order,fixed" in first and "seed=0,1" in first
-    assert not any("timeout_s" in arg for arg in first)
-    assert "upper_estimator=random,bayesian" in searches and "++upper_estimator.timeout_s=30" in searches
+    methods = [next(a for a in c if a.startswith("upper_estimator=")) for c in commands]
+    assert methods == [f"upper_estimator={m}" for m in ("zeroth_order", "fixed", "random", "bayesian")]
+    assert all("seed=0,1" in c for c in commands)
+    assert not any("timeout_s" in arg for c in commands[:2] for arg in c)
+    assert all("++upper_estimator.timeout_s=30" in c for c in commands[2:])
     assert all("resume=true" in c and f"hydra.sweep.dir={tmp_path / 'b'}" in c for c in commands)
+
+
+def test_method_overrides_go_to_their_method_only_and_must_name_a_method(tmp_path) -> None:
+    comparison = Comparison(name="a", task="finetune_gaussian", bilevel="closed_form", baselines=["random"],
+                            method_overrides={"random": ["upper_estimator.n_trials=3"]})
+    commands = []
+    run_comparison(comparison, [0], tmp_path, runner=commands.append)
+    bilevel, search = commands
+    assert "upper_estimator.n_trials=3" in search and "upper_estimator.n_trials=3" not in bilevel
+    with pytest.raises(ConfigError, match="method_overrides names"):
+        Comparison(name="a", task="finetune_gaussian", bilevel="closed_form", baselines=[],
+                   method_overrides={"bayesian": ["upper_estimator.n_trials=3"]})
 
 
 def test_unknown_mode_and_full_plan_print_one_clear_line() -> None:

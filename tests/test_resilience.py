@@ -116,9 +116,9 @@ def test_a_non_finite_hypergradient_stops_or_is_skipped_and_keeps_the_last_good_
 
 
 def test_a_non_finite_schedule_hypergradient_stops_scenario_b_at_its_step(tmp_path, monkeypatch) -> None:
-    from bilevel_diffusion.tasks import schedule_bilevel
+    from bilevel_diffusion.upper_estimators import zeroth_order
 
-    _nan_at_call(monkeypatch, schedule_bilevel, "penalty_gradients", 2,
+    _nan_at_call(monkeypatch, zeroth_order, "penalty_gradients", 2,
                  lambda g: dataclasses.replace(g, upper=torch.full_like(g.upper, float("nan"))))
     code, stderr = run_in_process(*TINY_B, f"hydra.run.dir={tmp_path}")
     assert code == 3

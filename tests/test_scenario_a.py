@@ -1,4 +1,4 @@
-"""Scenario A against its oracles (SPEC §4): the hyper-gradient, the guided sampler, the bilevel loop."""
+"""Scenario A against its oracles (docs/method.md): the hyper-gradient, the guided sampler, the bilevel loop."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import torch
 from omegaconf import OmegaConf
 
 from bilevel_diffusion.errors import ConfigError
-from bilevel_diffusion.lower_solvers.guided_sampling import ClassifierFreeGuidance, GuidedSampler, LinearisedReward
+from bilevel_diffusion.lower_solvers.guided_sampling import GuidedSampler, LinearisedReward
+from bilevel_diffusion.models.stable_diffusion import ClassifierFreeGuidance
 from bilevel_diffusion.models.gaussian import GaussianEps
 from bilevel_diffusion.runtime import RunContext
 from bilevel_diffusion.schedules.family import CosineSchedule
@@ -145,12 +146,12 @@ def test_finetune_mnist_over_optimises_the_proxy(tmp_path) -> None:
     cfg = compose("task=finetune_mnist", "experiment=scenario_a_quick", "task.prompts=[3]")
     ctx = RunContext(run_dir=tmp_path, cache_dir=ROOT / "outputs" / "cache", device=torch.device("cpu"),
                      dtype=torch.float32, seed=0, resume=False, recorder=Recorder(tmp_path, OmegaConf.create({})))
-    problem = instantiate(cfg.task).build(cfg, ctx)
-    noise = torch.randn(32, *problem.sample_shape, generator=torch.Generator().manual_seed(1))
-    sampler, r1, r2 = instantiate(cfg.lower_solver), problem.r1(3), problem.r2(3)
+    parts = instantiate(cfg.task).problem_parts(ctx)
+    noise = torch.randn(32, *parts["sample_shape"], generator=torch.Generator().manual_seed(1))
+    sampler, r1, r2 = instantiate(cfg.lower_solver), parts["r1"](3), parts["r2"](3)
     rows = []
     for lam in (10.0, 0.1, 0.003):
-        images = sampler.sample(problem.eps_fn, problem.betas, noise, r2, lam).images
+        images = sampler.sample(parts["eps_fn"], parts["betas"], noise, r2, lam).images
         with torch.no_grad():
             rows.append((float(r1(images).mean()), float(r2(images).mean())))
     (r1_large, r2_large), (r1_mid, r2_mid), (r1_small, r2_small) = rows

@@ -1,4 +1,4 @@
-"""The schedule oracle (SPEC §4) and differentiability in the schedule parameters."""
+"""The schedule oracle (docs/method.md) and differentiability in the schedule parameters."""
 
 from __future__ import annotations
 

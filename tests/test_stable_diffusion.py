@@ -4,29 +4,15 @@
 from __future__ import annotations
 
 import json
-import runpy
-import sys
 
 import pytest
 import torch
 from hydra.utils import instantiate
 from safetensors.torch import save_file
 
-from conftest import ROOT, assert_run_contract, compose, run_cli
+from conftest import assert_run_contract, compose, run_cli
 
 PROMPT = "horse standing on lush green grass"
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("weights") / "tiny_sd"
-    argv = sys.argv
-    sys.argv = ["make_tiny_sd.py", str(out)]
-    try:
-        runpy.run_path(str(ROOT / "scripts" / "make_tiny_sd.py"), run_name="__main__")
-    finally:
-        sys.argv = argv
-    return out
 
 
 def _cfg(tiny_dir, *overrides: str):

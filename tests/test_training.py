@@ -18,7 +18,7 @@ def _tiny_solver(seed: int, num_steps: int = 6) -> ScoreMatchingSolver:
 
     cfg = compose("experiment=smoke", f"lower_solver.num_steps={num_steps}")
     torch.manual_seed(seed)
-    return instantiate(cfg.lower_solver, model=instantiate(cfg.model))
+    return instantiate(cfg.lower_solver)(model=instantiate(cfg.model)())
 
 
 def _train(solver: ScoreMatchingSolver, steps: int, generator: torch.Generator) -> list[float]:
@@ -91,14 +91,14 @@ def test_nonfinite_loss_stops_before_touching_the_weights_or_skips_the_batch() -
     from bilevel_diffusion.errors import NumericalFault
 
     cfg = compose("experiment=smoke")
-    solver = instantiate(cfg.lower_solver, model=_NaNAfter(instantiate(cfg.model), 2))
+    solver = instantiate(cfg.lower_solver)(model=_NaNAfter(instantiate(cfg.model)(), 2))
     _train(solver, 1, torch.Generator().manual_seed(0))
     before = {k: v.clone() for k, v in solver.model.state_dict().items()}
     with pytest.raises(NumericalFault, match="non-finite score-matching loss at step 2"):
         _train(solver, 1, torch.Generator().manual_seed(0))
     assert all(torch.equal(before[k], v) for k, v in solver.model.state_dict().items())
 
-    skipping = instantiate(cfg.lower_solver, model=_NaNAfter(instantiate(cfg.model), 2), on_nonfinite="skip")
+    skipping = instantiate(cfg.lower_solver)(model=_NaNAfter(instantiate(cfg.model)(), 2), on_nonfinite="skip")
     losses = _train(skipping, 3, torch.Generator().manual_seed(0))
     assert losses[0] == losses[0] and all(loss != loss for loss in losses[1:])
     assert skipping.skipped_steps == 2 and skipping.step_count == 3

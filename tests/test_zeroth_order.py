@@ -1,4 +1,4 @@
-"""Paper Alg. 6 maths: the zeroth-order oracle (SPEC §4), the penalty-gradient assembly, projection, gamma."""
+"""Paper Alg. 6 maths: the zeroth-order oracle (docs/method.md), the penalty-gradient assembly, projection, gamma."""
 
 from __future__ import annotations
 
@@ -9,9 +9,8 @@ import torch
 
 from bilevel_diffusion.errors import ConfigError
 from bilevel_diffusion.schedules.family import CosineSchedule
-from bilevel_diffusion.upper_estimators.box_adam import BoxAdam
-from bilevel_diffusion.upper_estimators.zeroth_order import (ZerothOrderEstimator, penalty_gradients,
-                                                             two_point_gradient)
+from bilevel_diffusion.upper_estimators.penalty import penalty_gradients, two_point_gradient
+from bilevel_diffusion.upper_estimators.zeroth_order import BoxAdam, ZerothOrderEstimator
 
 A = torch.tensor([[2.0, 0.5, 0.0], [0.5, 1.0, 0.3], [0.0, 0.3, 3.0]], dtype=torch.float64)
 

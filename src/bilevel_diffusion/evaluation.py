@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
-from omegaconf import DictConfig
 from torch import nn
 
 from bilevel_diffusion.metrics.image_quality import ImageQuality
@@ -22,11 +24,12 @@ class SampleReport:
     sampler_nfe: int
 
 
-def build_image_quality(cfg: DictConfig, real: torch.Tensor, ctx: RunContext) -> ImageQuality:
-    """The reported-FID evaluator (``metrics.fid``) against the held-out real images."""
-    return ImageQuality(real, features=cfg.metrics.fid.features, cache_dir=ctx.cache_dir,
-                        inception_path=cfg.metrics.fid.get("inception_path"), device=ctx.device,
-                        batch_size=cfg.eval.batch_size)
+def build_image_quality(real: torch.Tensor, fid: Mapping[str, Any], cache_dir: Path, device: torch.device,
+                        batch_size: int = 500) -> ImageQuality:
+    """The reported-FID evaluator against the held-out real images; ``fid`` holds ``metrics.fid``'s ``features``
+    and ``inception_path``."""
+    return ImageQuality(real, features=fid["features"], cache_dir=cache_dir, inception_path=fid.get("inception_path"),
+                        device=device, batch_size=batch_size)
 
 
 def fixed_noise(num_samples: int, seed: int, shape: tuple[int, ...] = (1, 28, 28)) -> torch.Tensor:
@@ -34,13 +37,15 @@ def fixed_noise(num_samples: int, seed: int, shape: tuple[int, ...] = (1, 28, 28
     return torch.randn((num_samples, *shape), generator=torch.Generator().manual_seed(seed))
 
 
-def report_samples(model: nn.Module, betas: torch.Tensor, quality: ImageQuality, eval_cfg: DictConfig,
-                   ctx: RunContext, sampler_cfg: DictConfig, grid_name: str = "samples") -> SampleReport:
-    """Sample ``eval.num_samples`` images with DDIM, score them and save a grid of the first ``eval.grid_size``."""
-    scheduler = make_ddim_scheduler(betas, clip_sample=sampler_cfg.clip_sample,
-                                    timestep_spacing=sampler_cfg.timestep_spacing)
-    images, nfe = ddim_sample(model, scheduler, fixed_noise(eval_cfg.num_samples, eval_cfg.seed),
-                              eval_cfg.num_inference_steps, eval_cfg.batch_size, ctx.device, progress=True)
-    ctx.recorder.save_images(grid_name, images[:eval_cfg.grid_size])
+def report_samples(model: nn.Module, betas: torch.Tensor, quality: ImageQuality, evaluation: Mapping[str, Any],
+                   ctx: RunContext, clip_sample: bool = True, timestep_spacing: str = "trailing",
+                   grid_name: str = "samples") -> SampleReport:
+    """Sample ``evaluation["num_samples"]`` images with DDIM from the noise of ``evaluation["seed"]``, score them
+    and save a grid of the first ``evaluation["grid_size"]``."""
+    scheduler = make_ddim_scheduler(betas, clip_sample=clip_sample, timestep_spacing=timestep_spacing)
+    images, nfe = ddim_sample(model, scheduler, fixed_noise(int(evaluation["num_samples"]), int(evaluation["seed"])),
+                              int(evaluation["num_inference_steps"]), int(evaluation["batch_size"]), ctx.device,
+                              progress=True)
+    ctx.recorder.save_images(grid_name, images[:int(evaluation["grid_size"])])
     is_mean, is_std = quality.inception_score(images)
     return SampleReport(images, quality.fid_score(images), is_mean, is_std, nfe)

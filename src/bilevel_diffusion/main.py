@@ -1,4 +1,5 @@
-"""One job: check the config, prepare the run directory, build the task with Hydra and run it (SPEC §5)."""
+"""One job: check the config, prepare the run directory, instantiate the task and the upper estimator (the one
+place where config groups become objects), and run the task with the estimator (README: the run contract)."""
 
 from __future__ import annotations
 
@@ -10,12 +11,13 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
-from hydra.utils import instantiate
-from omegaconf import DictConfig
+from hydra.utils import get_class, instantiate
+from omegaconf import DictConfig, OmegaConf
 
 from bilevel_diffusion import distributed
 from bilevel_diffusion.preflight import check_config, guard_run_dir
 from bilevel_diffusion.runtime import RunContext, seed_everything, select_device
+from bilevel_diffusion.task import check_pair
 from bilevel_diffusion.tracking.recorder import Recorder
 
 
@@ -29,8 +31,29 @@ def _writable_dir(run_dir: Path) -> Iterator[Path]:
         yield Path(scratch)
 
 
-def run_job(cfg: DictConfig) -> float:
-    """Run ``cfg.task`` and write the run contract; returns the objective (lower is better)."""
+def estimator_options(config_dir: Path) -> dict[str, type]:
+    """Every ``upper_estimator`` option and its class (an option without ``_target_`` inherits its defaults')."""
+    def target(name: str) -> str:
+        node = OmegaConf.load(config_dir / "upper_estimator" / f"{name}.yaml")
+        if "_target_" in node:
+            return str(node["_target_"])
+        parents = [entry for entry in node.get("defaults", []) if isinstance(entry, str) and entry != "_self_"]
+        return target(parents[-1])
+    return {path.stem: get_class(target(path.stem)) for path in sorted((config_dir / "upper_estimator").glob("*.yaml"))}
+
+
+def check_task_and_estimator(cfg: DictConfig, config_dir: Path) -> None:
+    """The task must accept the upper estimator (``Task.accepts``): refused with one line before any work."""
+    options = estimator_options(config_dir)
+    estimator = HydraConfig.get().runtime.choices.get("upper_estimator") or cfg.upper_estimator.name
+    check_pair(get_class(cfg.task._target_), get_class(cfg.upper_estimator._target_), cfg.task.name, estimator,
+               options)
+
+
+def run_job(cfg: DictConfig, config_dir: Path) -> float:
+    """Run ``cfg.task`` with ``cfg.upper_estimator`` and write the run contract; returns the objective (lower is
+    better)."""
+    check_task_and_estimator(cfg, config_dir)
     device, dtype = select_device(cfg.hardware)  # joins a DDP group first: every rank checks before anyone writes
     run_dir = distributed.broadcast(Path(HydraConfig.get().runtime.output_dir))  # ranks' ${now:} may differ
     guard_run_dir(run_dir, bool(cfg.resume))
@@ -41,6 +64,7 @@ def run_job(cfg: DictConfig) -> float:
         return objective if math.isfinite(objective) else float("inf")
     distributed.barrier()
     seed_everything(int(cfg.seed))
+    estimator = instantiate(cfg.upper_estimator)
     task = instantiate(cfg.task)
     exit_code, main_rank = 1, distributed.is_main()
     with _writable_dir(run_dir) as own_dir:
@@ -49,7 +73,7 @@ def run_job(cfg: DictConfig) -> float:
         ctx = RunContext(run_dir=own_dir, cache_dir=Path(cfg.paths.cache_dir), device=device, dtype=dtype,
                          seed=int(cfg.seed), resume=bool(cfg.resume), recorder=recorder, shared_dir=run_dir)
         try:
-            result = task.run(cfg, ctx)
+            result = task.run(estimator, ctx)
             summary = recorder.write_summary({"task": task.name, "method": cfg.upper_estimator.name,
                                               "seed": ctx.seed, "wall_clock_s": recorder.wall_clock(), **result})
             exit_code = 0

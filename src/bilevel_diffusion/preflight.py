@@ -1,7 +1,8 @@
 """Checks that need no heavy imports, run before Hydra composes the job (so bad input fails in about a second,
 before Hydra writes ``.hydra/`` into an occupied run directory) and again inside the job.
 
-- :func:`check_overrides`: every ``group=option`` on the command line names an existing option of a config group;
+- :func:`check_overrides`: every ``group=option`` on the command line names an existing option of a config group,
+  and every per-task preset file (``task_preset/<experiment>/<task>.yaml``) names an existing experiment and task;
 - :func:`guard_run_dir`: a run directory holding another run's results is refused unless ``resume=true``;
 - :func:`check_config`: settings shared by every task (``eval.num_samples``).
 """
@@ -19,7 +20,7 @@ from bilevel_diffusion.errors import ConfigError
 #: files that mean "this directory already holds a run's results"
 RESULT_MARKERS = ("metrics.jsonl", "summary.json", "checkpoints")
 #: config groups chosen by a preset, not by the user (their option names are interpolated)
-_INTERNAL_GROUPS = ("hydra", "task_preset", "method_preset")
+_INTERNAL_GROUPS = ("hydra", "task_preset")
 _PLAIN_VALUE = re.compile(r"^[\w.-]+(,[\w.-]+)*$")
 
 
@@ -43,10 +44,21 @@ def _overrides(argv: Sequence[str]) -> dict[str, str]:
     return {key.lstrip("+~"): value for key, value in pairs}
 
 
+def check_presets(config_dir: Path, groups: dict[str, list[str]]) -> None:
+    """A preset that would match nothing (``task_preset/<experiment>/<task>.yaml`` with a misspelt experiment or
+    task) is an error, not a silent no-op."""
+    for path in sorted((config_dir / "task_preset").glob("*/*.yaml")):
+        experiment, task = path.parent.name, path.stem
+        if experiment not in groups["experiment"] or task not in groups["task"]:
+            raise ConfigError(f"{path.relative_to(config_dir)} matches no run: experiment={experiment!r} and "
+                              f"task={task!r} must be options of configs/experiment and configs/task")
+
+
 def check_overrides(argv: Sequence[str], config_dir: Path) -> None:
-    """Unknown options of a config group (``task=nope``, ``upper_estimator=a,nope``) and an occupied explicit
-    ``hydra.run.dir`` are one :class:`ConfigError` each."""
+    """Unknown options of a config group (``task=nope``, ``upper_estimator=a,nope``), a preset that matches nothing
+    and an occupied explicit ``hydra.run.dir`` are one :class:`ConfigError` each."""
     groups = config_groups(config_dir)
+    check_presets(config_dir, groups)
     overrides = _overrides(argv)
     for key, value in overrides.items():
         group = key.split("@", 1)[0]

@@ -3,13 +3,14 @@
 A plan (``configs/reproduce_MODE.yaml``) lists *comparisons*: a task, an experiment preset, the bilevel method and
 its baselines, run for every seed of the plan. A comparison is one or two multiruns of ``run.py``:
 
-1. the bilevel method (and every baseline that takes no budget) over the seeds;
+1. the bilevel method (and every baseline that takes no budget) over the seeds, one multirun per method (each with
+   the plan's ``method_overrides`` for it, e.g. a search's trial count at this size);
 2. with ``budget_factor`` set, the search baselines (upper estimators with a ``timeout_s`` option) over the seeds,
    each with ``budget_factor`` x the bilevel runs' mean wall clock as its budget: equal compute at factor 1 (paper
    Sec. 3.2). Without it the searches run their configured number of trials in the first multirun (Scenario A,
    compared by sampler NFEs).
 
-Every job writes the run contract (SPEC §5) into ``RUNS/<comparison>/<method>/seed_<seed>`` and runs with
+Every job writes the run contract (README) into ``RUNS/<comparison>/<method>/seed_<seed>`` and runs with
 ``resume=true``: a stopped reproduce continues where it stopped, and a finished job is not run again.
 """
 
@@ -43,7 +44,14 @@ class Comparison:
     experiment: str | None = None
     budget_factor: float | None = None
     overrides: list[str] = field(default_factory=list)
+    method_overrides: dict[str, list[str]] = field(default_factory=dict)  # per method, on top of ``overrides``
     minutes_per_job: float = 1.0  # planning estimate for the printed plan
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.method_overrides) - set(self.methods))
+        if unknown:
+            raise ConfigError(f"comparison {self.name}: method_overrides names {unknown}, which it does not run "
+                              f"(methods: {self.methods})")
 
     @property
     def methods(self) -> list[str]:
@@ -100,14 +108,14 @@ def takes_budget(method: str) -> bool:
     return path.exists() and "timeout_s" in OmegaConf.load(path)
 
 
-def multirun_command(comparison: Comparison, methods: Sequence[str], seeds: Sequence[int], runs_dir: Path,
+def multirun_command(comparison: Comparison, method: str, seeds: Sequence[int], runs_dir: Path,
                      extra: Sequence[str] = ()) -> list[str]:
-    """``run.py -m`` over ``methods`` x ``seeds`` of ``comparison`` into ``runs_dir/<comparison>/``."""
+    """``run.py -m`` of ``method`` over ``seeds`` of ``comparison`` into ``runs_dir/<comparison>/``."""
     experiment = [f"experiment={comparison.experiment}"] if comparison.experiment else []
     return [sys.executable, str(ROOT / "run.py"), "-m", f"task={comparison.task}", *experiment,
-            f"upper_estimator={','.join(methods)}", f"seed={','.join(str(s) for s in seeds)}",
-            *comparison.overrides, *extra, "resume=true", f"hydra.sweep.dir={runs_dir / comparison.name}",
-            f"hydra.sweep.subdir={JOB_SUBDIR}"]
+            f"upper_estimator={method}", f"seed={','.join(str(s) for s in seeds)}", *comparison.overrides,
+            *comparison.method_overrides.get(method, []), *extra, "resume=true",
+            f"hydra.sweep.dir={runs_dir / comparison.name}", f"hydra.sweep.subdir={JOB_SUBDIR}"]
 
 
 def mean_wall_clock(runs_dir: Path, comparison: Comparison, method: str, seeds: Sequence[int]) -> float:
@@ -121,12 +129,13 @@ def mean_wall_clock(runs_dir: Path, comparison: Comparison, method: str, seeds: 
 
 def run_comparison(comparison: Comparison, seeds: Sequence[int], runs_dir: Path, extra: Sequence[str] = (),
                    runner: Callable[[list[str]], None] | None = None) -> None:
-    """The bilevel method with the unbudgeted baselines as one multirun, then the budgeted searches as another."""
+    """The bilevel method and the unbudgeted baselines, then the budgeted searches; one multirun per method."""
     runner = runner or (lambda command: subprocess.run(command, cwd=ROOT, check=True))
     budgeted = [m for m in comparison.baselines if comparison.budget_factor and takes_budget(m)]
-    first = [m for m in comparison.methods if m not in budgeted]
-    runner(multirun_command(comparison, first, seeds, runs_dir, extra))
+    for method in [m for m in comparison.methods if m not in budgeted]:
+        runner(multirun_command(comparison, method, seeds, runs_dir, extra))
     if budgeted:
         budget = comparison.budget_factor * mean_wall_clock(runs_dir, comparison, comparison.bilevel, seeds)
-        runner(multirun_command(comparison, budgeted, seeds, runs_dir,
-                                [*extra, f"++upper_estimator.timeout_s={budget:.0f}"]))
+        for method in budgeted:
+            runner(multirun_command(comparison, method, seeds, runs_dir,
+                                    [*extra, f"++upper_estimator.timeout_s={budget:.0f}"]))

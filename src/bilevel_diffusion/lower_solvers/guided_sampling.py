@@ -2,7 +2,7 @@
 
 The lower problem ``p_lambda = argmin_p -E_p[r(u)] + lambda KL(p || p_pre)`` has the closed form
 ``p_lambda ∝ p_pre exp(r / lambda)``. It is sampled by look-ahead gradient guidance on a pre-trained eps-model
-(SPEC §1.1): at each DDIM step ``t``
+(``docs/method.md``): at each DDIM step ``t``
 
     eps    = eps_theta(x_t, t)                                  (with classifier-free guidance if configured)
     x0_hat = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t)          (Tweedie's estimate)
@@ -10,10 +10,10 @@ The lower problem ``p_lambda = argmin_p -E_p[r(u)] + lambda KL(p || p_pre)`` has
     eps   <- eps - sqrt(1 - abar_t) G / lambda
 
 then diffusers' ``DDIMScheduler.step``. For a Gaussian data distribution and a linear reward this is exact: the
-samples have mean ``mu + Sigma a / lambda`` (SPEC §4). ``decode`` maps the Tweedie estimate to image space (a VAE
-decoder for latent models; identity for pixel models). ``relinearize_rounds = K > 0`` is the official code's variant
-(GGDM Alg. 1): sample unguided from fixed noise, then K times replace ``r`` by its linearisation at the previous
-round's output and sample again from the *same* noise.
+samples have mean ``mu + Sigma a / lambda`` (``docs/method.md``). ``decode`` maps the Tweedie estimate to image
+space (a VAE decoder for latent models; identity for pixel models). ``relinearize_rounds = K > 0`` is the official
+code's variant (GGDM Alg. 1): sample unguided from fixed noise, then K times replace ``r`` by its linearisation at
+the previous round's output and sample again from the *same* noise.
 """
 
 from __future__ import annotations
@@ -23,39 +23,13 @@ from dataclasses import dataclass
 
 import torch
 from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, PNDMScheduler
-from torch import nn
 
 from bilevel_diffusion.errors import ConfigError
-from bilevel_diffusion.sampling.ddim import EpsFn, Scheduler, denoise, make_ddim_scheduler
-
-#: per-sample reward: images [B, ...] -> [B]
-Reward = Callable[[torch.Tensor], torch.Tensor]
+from bilevel_diffusion.sampling.ddim import EpsFn, Reward, Scheduler, denoise, make_ddim_scheduler
 
 
 def _identity(x: torch.Tensor) -> torch.Tensor:
     return x
-
-
-class ClassifierFreeGuidance(nn.Module):
-    """eps = eps(x, t, null) + scale * (eps(x, t, cond) - eps(x, t, null)) for a conditional ``model(x, t, c)``.
-
-    Both branches run as one batch of ``2B``, so each call costs ``2B`` network evaluations (``nfe_per_sample``).
-    """
-
-    nfe_per_sample = 2
-
-    def __init__(self, model: nn.Module, cond: torch.Tensor, null_cond: torch.Tensor, scale: float) -> None:
-        super().__init__()
-        self.model, self.scale = model, float(scale)
-        self.register_buffer("cond", cond)
-        self.register_buffer("null_cond", null_cond)
-
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        batch = x.shape[0]
-        conds = torch.cat([self.null_cond.expand(batch, *self.null_cond.shape[1:]),
-                           self.cond.expand(batch, *self.cond.shape[1:])])
-        eps_null, eps_cond = self.model(torch.cat([x, x]), torch.cat([t, t]), conds).chunk(2)
-        return eps_null + self.scale * (eps_cond - eps_null)
 
 
 class LinearisedReward:
@@ -90,7 +64,8 @@ class GuidedSampler:
     ``scheduler``: ``ddim`` (deterministic DDIM, paper Alg. 4) or ``dpm_solver`` (diffusers' DPM-Solver++ 2M, a
     second-order solver of the same ODE: far smaller discretisation error at equal steps) or ``pndm`` (PLMS with
     ``skip_prk_steps``, Stable Diffusion v1.5's default and the official code's sampler; ``num_steps + 1`` passes).
-    Classifier-free guidance: pass a :class:`ClassifierFreeGuidance` as ``eps_fn`` (and its ``nfe_per_sample``).
+    Classifier-free guidance: pass ``models.stable_diffusion.ClassifierFreeGuidance`` as ``eps_fn`` (and its
+    ``nfe_per_sample``).
     """
 
     def __init__(self, num_steps: int = 50, batch_size: int = 256, clip_sample: bool = True,

@@ -1,17 +1,23 @@
-"""``lower_solver=score_matching``: eps-prediction score matching (paper Alg. 3) with AdamW, OneCycle and EMA."""
+"""``lower_solver=score_matching``: eps-prediction score matching (paper Alg. 3) with AdamW, OneCycle and EMA, and
+the project's one training loop (:func:`fit`)."""
 
 from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Callable
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from diffusers.training_utils import EMAModel
 from torch import nn
+from tqdm.auto import tqdm
 
 from bilevel_diffusion import distributed
+from bilevel_diffusion.checkpoint import load_checkpoint, save_checkpoint
 from bilevel_diffusion.errors import ConfigError, check_policy, nonfinite
+from bilevel_diffusion.tracking.recorder import Recorder
 
 
 def score_matching_loss(model: nn.Module, alphas_cumprod: torch.Tensor, x0: torch.Tensor,
@@ -116,3 +122,40 @@ class ScoreMatchingSolver:
             self.lr_scheduler.load_state_dict(state["lr_scheduler"])
         self.ema.load_state_dict(state["ema"])
         self.step_count = state["step_count"]
+
+
+def fit(solver: ScoreMatchingSolver, next_batch: Callable[[int, torch.Generator], torch.Tensor],
+        alphas_cumprod: torch.Tensor, generator: torch.Generator, device: torch.device | str = "cpu",
+        recorder: Recorder | None = None, log_every: int = 0, checkpoint_path: Path | None = None,
+        checkpoint_every: int = 0, resume: bool = False, desc: str = "score matching") -> ScoreMatchingSolver:
+    """The project's one score-matching training loop (paper Alg. 3): ``solver.num_steps`` steps on batches
+    ``next_batch(batch_size, generator)`` under a fixed schedule.
+
+    With ``recorder`` and ``log_every > 0`` the mean loss and the learning rate are logged every ``log_every`` steps;
+    with ``checkpoint_path`` the state is saved atomically every ``checkpoint_every`` steps and at the end, and
+    ``resume=True`` continues from it.
+    """
+    alphas_cumprod = alphas_cumprod.detach()
+    start = 0
+    if checkpoint_path is not None and resume and checkpoint_path.exists():
+        state = load_checkpoint(checkpoint_path)
+        solver.load_state_dict(state["solver"])
+        generator.set_state(state["generator"])
+        start = state["step"]
+        if recorder is not None:
+            recorder.resume_from(start, state["wall_clock_s"])
+    losses: list[float] = []
+    bar = tqdm(range(start, solver.num_steps), initial=start, total=solver.num_steps, desc=desc, disable=None)
+    for step in bar:
+        losses.append(solver.step(next_batch(solver.batch_size, generator).to(device), alphas_cumprod, generator))
+        done = step + 1
+        bar.set_postfix(loss=f"{losses[-1]:.4f}")
+        if recorder is not None and log_every and (done % log_every == 0 or done == solver.num_steps):
+            recorder.log(done, loss=sum(losses) / len(losses), lr=solver.optimizer.param_groups[0]["lr"])
+            losses.clear()
+        if checkpoint_path is not None and ((checkpoint_every and done % checkpoint_every == 0)
+                                            or done == solver.num_steps):
+            wall_clock = recorder.wall_clock() if recorder is not None else 0.0
+            save_checkpoint({"solver": solver.state_dict(), "generator": generator.get_state(), "step": done,
+                             "wall_clock_s": wall_clock}, checkpoint_path)
+    return solver

@@ -86,3 +86,18 @@ class ImageQuality:
         self._update(self.inception, fake)
         mean, std = self.inception.compute()
         return float(mean), float(std)
+
+
+class FeatureDrift:
+    """FID between two sample sets (``fid_vs_pretrained`` of the MNIST tasks): the second set is the reference,
+    whose statistics are computed once per reference tensor."""
+
+    def __init__(self, cache_dir: str | Path, device: torch.device | str = "cpu") -> None:
+        self.cache_dir, self.device, self._by_reference = cache_dir, device, {}
+
+    def __call__(self, samples: torch.Tensor, reference: torch.Tensor) -> float:
+        quality = self._by_reference.get(id(reference))
+        if quality is None:
+            quality = ImageQuality(reference, cache_dir=self.cache_dir, device=self.device)
+            self._by_reference[id(reference)] = quality
+        return quality.fid_score(samples)

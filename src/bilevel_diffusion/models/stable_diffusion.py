@@ -1,4 +1,4 @@
-"""Stable Diffusion v1.5 as the pre-trained model of Scenario A at paper scale (paper Sec. 3.1, SPEC §1.1).
+"""Stable Diffusion v1.5 as the pre-trained model of Scenario A at paper scale (paper Sec. 3.1).
 
 The components (UNet, VAE, CLIP text encoder, tokenizer, training betas) load through diffusers / transformers from
 ``model.path`` (a local folder with ``unet/ vae/ text_encoder/ tokenizer/ scheduler/``) or, when that is null, from
@@ -23,7 +23,28 @@ from torch import nn
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from bilevel_diffusion.errors import ConfigError
-from bilevel_diffusion.lower_solvers.guided_sampling import ClassifierFreeGuidance, EpsFn
+
+
+class ClassifierFreeGuidance(nn.Module):
+    """eps = eps(x, t, null) + scale * (eps(x, t, cond) - eps(x, t, null)) for a conditional ``model(x, t, c)``.
+
+    Both branches run as one batch of ``2B``, so each call costs ``2B`` network evaluations (``nfe_per_sample``).
+    """
+
+    nfe_per_sample = 2
+
+    def __init__(self, model: nn.Module, cond: torch.Tensor, null_cond: torch.Tensor, scale: float) -> None:
+        super().__init__()
+        self.model, self.scale = model, float(scale)
+        self.register_buffer("cond", cond)
+        self.register_buffer("null_cond", null_cond)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        batch = x.shape[0]
+        conds = torch.cat([self.null_cond.expand(batch, *self.null_cond.shape[1:]),
+                           self.cond.expand(batch, *self.cond.shape[1:])])
+        eps_null, eps_cond = self.model(torch.cat([x, x]), torch.cat([t, t]), conds).chunk(2)
+        return eps_null + self.scale * (eps_cond - eps_null)
 
 
 class TextConditionedEps(nn.Module):
@@ -80,7 +101,7 @@ class StableDiffusion:
                                 truncation=True, return_tensors="pt").input_ids.to(self.device)
         return self.text_encoder(tokens)[0]
 
-    def eps_for(self, prompt: str) -> EpsFn:
+    def eps_for(self, prompt: str) -> nn.Module:
         """The prompt's eps-model on latents, with classifier-free guidance when ``guidance_scale > 1``."""
         if prompt not in self._eps_cache:
             cond = self.encode_text(prompt)

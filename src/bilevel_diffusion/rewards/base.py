@@ -1,4 +1,4 @@
-"""The reward interface of Scenario A (SPEC §1.1) and what every reward model shares: pixel preprocessing and
+"""The reward interface of Scenario A (``docs/method.md``) and what every reward model shares: pixel preprocessing and
 locating weight files.
 
 A reward maps images in [-1, 1] (``[B, 3, H, W]``, any device) and a prompt to one value per image (``[B]``, on the
@@ -9,7 +9,7 @@ the prompt (aesthetic, synthetic) accept it all the same, so every reward is use
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
 
@@ -19,7 +19,6 @@ from torch import nn
 from torchvision.transforms import InterpolationMode
 
 from bilevel_diffusion.errors import ConfigError
-from bilevel_diffusion.lower_solvers.guided_sampling import Reward
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -35,7 +34,7 @@ class ImageReward(nn.Module):
         device = next(self.parameters()).device
         return self.score(images.to(device, torch.float32), prompt).float().to(images.device)
 
-    def for_prompt(self, prompt: str) -> Reward:
+    def for_prompt(self, prompt: str) -> Callable[[torch.Tensor], torch.Tensor]:
         """The per-sample reward of one prompt, as the guided sampler takes it."""
         return partial(self.__call__, prompt=prompt)
 

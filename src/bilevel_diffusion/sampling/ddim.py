@@ -16,6 +16,8 @@ from bilevel_diffusion import distributed
 
 #: eps-prediction: (x_t [B, ...], t [B]) -> eps [B, ...]
 EpsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+#: per-sample reward of the guided sampler (paper Alg. 5): images [B, ...] -> [B]
+Reward = Callable[[torch.Tensor], torch.Tensor]
 #: a diffusers scheduler of the eps-prediction ODE (DDIM with eta = 0, DPM-Solver++, PNDM)
 Scheduler = DDIMScheduler | DPMSolverMultistepScheduler | PNDMScheduler
 

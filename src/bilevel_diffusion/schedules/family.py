@@ -1,4 +1,4 @@
-"""The 4-parameter noise-schedule family of Chen 2023 (SPEC §1.2), as differentiable torch modules.
+"""The 4-parameter noise-schedule family of Chen 2023 (``docs/method.md``), as differentiable torch modules.
 
 A schedule maps the training timesteps ``t = 0..T-1`` to ``alpha_bar_t``. The parameters
 ``q = (start, end, tau, eps)`` live in *normalised* time: ``t' = start + (end - start) * t / T`` with

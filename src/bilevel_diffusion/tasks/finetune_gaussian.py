@@ -1,4 +1,4 @@
-"""``task=finetune_gaussian``: the analytic testbed of Scenario A (SPEC §4, Gaussian tilt oracle).
+"""``task=finetune_gaussian``: the analytic testbed of Scenario A (Gaussian tilt oracle, ``docs/method.md``).
 
 p_pre = N(mean, diag(cov_diag)) with its exact eps-model (no training), r2(x) = a.x (``reward_direction``),
 r1(x) = -|x - c|^2 / 2 (``target``). Then p_lambda = N(mean + Sigma a / lambda, Sigma) and
@@ -7,7 +7,7 @@ r1(x) = -|x - c|^2 / 2 (``target``). Then p_lambda = N(mean + Sigma a / lambda, 
     dF/dlambda = -(m_lambda - c).Sigma a / lambda^2 = Cov_{p_lambda}(r1, r2) / lambda^2,
 
 so F is unimodal in 1/lambda with minimiser 1/lambda* = (c - mean).Sigma a / |Sigma a|^2; ``lambda_star`` in
-``summary.json`` is that value projected onto the estimator's box [lambda_min, lambda_max] (lambda_max when
+``summary.json`` is that value projected onto the task's lambda range ``lambda_search`` (its upper end when
 (c - mean).Sigma a <= 0: then guidance only hurts).
 
 How well N samples can locate lambda* at all: the Monte Carlo hyper-gradient in u = 1/lambda is the sample
@@ -25,20 +25,17 @@ there too: compare ``objective_exact`` with ``objective_star``).
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
-from hydra.utils import instantiate
-from omegaconf import DictConfig
-from torch import nn
-from torchmetrics.image.fid import FrechetInceptionDistance
 
 from bilevel_diffusion.errors import ConfigError
-from bilevel_diffusion.lower_solvers.guided_sampling import GuidedSampler
+from bilevel_diffusion.metrics.frechet import frechet_distance
 from bilevel_diffusion.models.gaussian import GaussianEps
 from bilevel_diffusion.runtime import RunContext
-from bilevel_diffusion.tasks.reward_finetuning import RewardFinetuneTask, RewardProblem
+from bilevel_diffusion.schedules.family import NoiseSchedule
+from bilevel_diffusion.task import RewardTask
 
 log = logging.getLogger(__name__)
 
@@ -84,49 +81,29 @@ class GaussianTilt:
         return x @ self.a.to(x.dtype)
 
 
-class _Identity(nn.Module):
-    def __init__(self, dim: int) -> None:
-        super().__init__()
-        self.num_features = dim
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x
-
-
-def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Fréchet distance between two sets of vectors (torchmetrics' FID with identity features)."""
-    metric = FrechetInceptionDistance(feature=_Identity(a.shape[1]))
-    metric.update(b.double(), real=True)
-    metric.update(a.double(), real=False)
-    return float(metric.compute())
-
-
-class FinetuneGaussian(RewardFinetuneTask):
+class FinetuneGaussian(RewardTask):
     """Scenario A on the Gaussian tilt oracle; ``summary.json`` adds ``lambda_star``, ``lambda_rel_error`` and
     ``lambda_star_rel_sd`` (how well ``pool_samples`` samples can locate lambda*)."""
 
-    def __init__(self, name: str = "finetune_gaussian", mean: Sequence[float] = (0.0, 0.0),
+    def __init__(self, name: str, schedule: NoiseSchedule, mean: Sequence[float] = (0.0, 0.0),
                  cov_diag: Sequence[float] = (1.0, 0.5), reward_direction: Sequence[float] = (1.0, 1.0),
-                 target: Sequence[float] = (2.0, 1.0), **kwargs: Any) -> None:
-        super().__init__(name, **kwargs)
+                 target: Sequence[float] = (2.0, 1.0), **settings: Any) -> None:
+        super().__init__(name, **settings)
         self.oracle = GaussianTilt(mean, cov_diag, reward_direction, target)
+        self.schedule = schedule
 
-    def build(self, cfg: DictConfig, ctx: RunContext) -> RewardProblem:
-        self.bounds = (float(cfg.upper_estimator.get("lambda_min", self.lambda_search["low"])),
-                       float(cfg.upper_estimator.get("lambda_max", self.lambda_search["high"])))
-        alphas_cumprod = instantiate(cfg.schedule).alphas_cumprod().detach()
-        model = GaussianEps(self.oracle.mean, self.oracle.var, alphas_cumprod)
-        return RewardProblem(eps_fn=model, betas=instantiate(cfg.schedule).betas().detach(),
-                             sample_shape=(len(self.oracle.mean),), prompts=["gaussian"],
-                             r1=lambda _: self.oracle.r1, r2=lambda _: self.oracle.r2, drift=frechet_distance)
+    def problem_parts(self, ctx: RunContext) -> dict[str, Any]:
+        alphas_cumprod = self.schedule.alphas_cumprod().detach()
+        return {"eps_fn": GaussianEps(self.oracle.mean, self.oracle.var, alphas_cumprod),
+                "betas": self.schedule.betas().detach(), "sample_shape": (len(self.oracle.mean),),
+                "prompts": ["gaussian"], "r1": lambda _: self.oracle.r1, "r2": lambda _: self.oracle.r2,
+                "drift": frechet_distance}
 
-    def make_sampler(self, cfg: DictConfig) -> GuidedSampler:
-        return instantiate(cfg.lower_solver, clip_sample=False)  # Gaussian data are unbounded
-
-    def extra_summary(self, lam: float) -> dict[str, Any]:
-        star = self.oracle.lambda_star(*self.bounds)
+    def extra_summary(self, result: Mapping[str, Any]) -> dict[str, Any]:
+        lam, bounds = result["lambda"], (float(self.lambda_search["low"]), float(self.lambda_search["high"]))
+        star = self.oracle.lambda_star(*bounds)
         rel_sd = self.oracle.lambda_star_rel_sd(star, self.pool_samples)
-        if rel_sd > 0.025 and self.bounds[0] < star < self.bounds[1]:
+        if rel_sd > 0.025 and bounds[0] < star < bounds[1]:
             log.warning("lambda* = %.4g is flat against Monte Carlo noise: %d pool samples locate it to +-%.0f%% "
                         "(1 sd); raise task.pool_samples for a tighter estimate", star, self.pool_samples,
                         100 * rel_sd)

@@ -1,34 +1,48 @@
 """``task=train_mnist``: train an MNIST diffusion model from scratch under a fixed schedule.
 
 This is the lower level of Scenario B (paper Alg. 3 for training, Alg. 4 for sampling) and its fixed-schedule
-baseline (``schedule=linear|cosine|sigmoid``).
+baseline (``schedule=linear|cosine|sigmoid``); its only upper estimator is ``fixed``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from typing import Any
 
-from hydra.utils import instantiate
-from omegaconf import DictConfig
+from torch import nn
 
-from bilevel_diffusion.evaluation import build_image_quality, report_samples
+from bilevel_diffusion.data.mnist import ImageData
+from bilevel_diffusion.evaluation import build_image_quality
+from bilevel_diffusion.lower_solvers.score_matching import ScoreMatchingSolver
+from bilevel_diffusion.problems.schedule import ScheduleProblem
 from bilevel_diffusion.runtime import RunContext
-from bilevel_diffusion.tasks.fixed_schedule import report_result, train_score_model
+from bilevel_diffusion.schedules.family import NoiseSchedule
+from bilevel_diffusion.task import Task
+from bilevel_diffusion.upper_estimators.base import UpperEstimator
+from bilevel_diffusion.upper_estimators.fixed import Fixed
 
 
-class TrainMNIST:
+class TrainMNIST(Task):
     """Score matching for ``lower_solver.num_steps`` steps, then DDIM samples scored by FID and IS."""
 
-    def __init__(self, name: str = "train_mnist", log_every: int = 25, checkpoint_every: int = 500) -> None:
-        self.name, self.log_every, self.checkpoint_every = name, log_every, checkpoint_every
+    accepts = (Fixed,)
 
-    def run(self, cfg: DictConfig, ctx: RunContext) -> dict[str, Any]:
-        data = instantiate(cfg.data)
-        schedule = instantiate(cfg.schedule)
-        solver = train_score_model(cfg, ctx, data, schedule.alphas_cumprod(), self.log_every,
-                                   self.checkpoint_every, ctx.checkpoint_path)
-        quality = build_image_quality(cfg, data.test_x, ctx)
-        report = report_samples(solver.ema_model(), schedule.betas(), quality, cfg.eval, ctx, cfg.sampler)
-        ctx.recorder.log(solver.num_steps, fid=report.fid, inception_score=report.inception_score)
-        return {**report_result(report, quality, cfg.eval, schedule), "train_steps": solver.num_steps,
-                "num_parameters": sum(p.numel() for p in solver.model.parameters())}
+    def __init__(self, name: str, data: ImageData, model: Callable[[], nn.Module], schedule: NoiseSchedule,
+                 lower_solver: Callable[..., ScoreMatchingSolver], evaluation: Mapping[str, Any],
+                 sampler: Mapping[str, Any], fid: Mapping[str, Any], log_every: int = 25,
+                 checkpoint_every: int = 500) -> None:
+        super().__init__(name)
+        self.data, self.model, self.schedule, self.lower_solver = data, model, schedule, lower_solver
+        self.evaluation, self.sampler, self.fid = evaluation, sampler, fid
+        self.log_every, self.checkpoint_every = int(log_every), int(checkpoint_every)
+
+    def problem(self, ctx: RunContext) -> ScheduleProblem:
+        quality = build_image_quality(self.data.test_x, self.fid, ctx.cache_dir, ctx.device,
+                                      int(self.evaluation["batch_size"]))
+        return ScheduleProblem(name=self.name, data=self.data, model=self.model, schedule=self.schedule,
+                               lower_solver=self.lower_solver, quality=quality, evaluation=self.evaluation,
+                               sampler=self.sampler, ctx=ctx, log_every=self.log_every,
+                               checkpoint_every=self.checkpoint_every)
+
+    def run(self, estimator: UpperEstimator, ctx: RunContext) -> dict[str, Any]:
+        return estimator.solve(self.problem(ctx), ctx)

@@ -1,6 +1,6 @@
 """``upper_estimator=closed_form``: the sample-efficient hyper-gradient of Scenario A (paper Alg. 2, Eq. 13).
 
-Problem (SPEC §1.1): ``min_{lambda >= lambda_min} F(lambda) = -E_{p_lambda}[r1]`` with
+Problem (``docs/method.md``, Scenario A): ``min_{lambda >= lambda_min} F(lambda) = -E_{p_lambda}[r1]`` with
 ``p_lambda ∝ p_pre exp(r2 / lambda)``. Derivation of the exact gradient: ``d/dlambda log p_lambda(u) =
 -r2(u)/lambda^2 + E_{p_lambda}[r2]/lambda^2``, hence
 
@@ -25,12 +25,16 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
 from bilevel_diffusion.checkpoint import load_checkpoint, save_checkpoint
 from bilevel_diffusion.errors import ConfigError, NumericalFault, check_policy, nonfinite
+from bilevel_diffusion.problems.reward import RewardProblem
+from bilevel_diffusion.reporting.reward_figures import plot_lambda_trace, plot_rewards_vs_lambda
 from bilevel_diffusion.runtime import RunContext
+from bilevel_diffusion.upper_estimators.base import UpperEstimator
 
 
 @dataclass
@@ -95,7 +99,7 @@ class BilevelTrace:
     pools: list[RewardPool] = field(default_factory=list)  # the last pools (for plots of E_{p_lambda}[r])
 
 
-class ClosedFormEstimator:
+class ClosedFormEstimator(UpperEstimator):
     """Projected first-order steps on lambda with the Monte Carlo hyper-gradient (paper Alg. 2).
 
     ``param=log`` steps on ``theta = log lambda`` (gradient ``lambda dF/dlambda``; scale-free), ``param=linear`` on
@@ -108,6 +112,8 @@ class ClosedFormEstimator:
     step and the quantity before lambda or the checkpoint change (``on_nonfinite=stop``); ``on_nonfinite=skip``
     drops the pool's non-finite samples and skips a step whose hyper-gradient or lambda is non-finite.
     """
+
+    problem_type = RewardProblem
 
     def __init__(self, name: str = "closed_form", lambda_init: float = 5.0, lambda_min: float = 1e-3,
                  lambda_max: float = 1e3, gamma: float | None = None, num_steps: int = 100, lr: float = 0.1,
@@ -125,11 +131,30 @@ class ClosedFormEstimator:
         if num_steps < 1 or lr <= 0 or refresh_every < 0 or not 0 <= refresh_min_ess < 1:
             raise ConfigError("upper_estimator needs num_steps >= 1, lr > 0, refresh_every >= 0 and "
                               "0 <= refresh_min_ess < 1")
-        self.name, self.lambda_init, self.lambda_min, self.lambda_max = name, lambda_init, lambda_min, lambda_max
+        super().__init__(name)
+        self.lambda_init, self.lambda_min, self.lambda_max = lambda_init, lambda_min, lambda_max
         self.gamma, self.num_steps, self.lr, self.optimizer, self.param = gamma, num_steps, lr, optimizer, param
         self.refresh_every, self.refresh_min_ess, self.final_lr_fraction = (refresh_every, refresh_min_ess,
                                                                            final_lr_fraction)
         self.on_nonfinite = check_policy(on_nonfinite, "upper_estimator.on_nonfinite")
+
+    def solve(self, problem: RewardProblem, ctx: RunContext) -> dict[str, Any]:
+        """Paper Alg. 2 on ``problem``: the lambda loop on its reward pools, then its reported evaluation."""
+        self.check_problem(problem)
+
+        def draw(lam_ref: float | None, step: int) -> list[RewardPool]:
+            return [RewardPool(r1, r2, lam_ref, nfe) for r1, r2, nfe in problem.draw_pools(lam_ref, step)]
+
+        trace = self.optimise(draw, ctx, problem.log_every, problem.checkpoint_every)
+        problem.figure("lambda_trace", plot_lambda_trace(trace.lambdas, ctx.run_dir / "lambda_trace.png",
+                                                         problem.name))
+        lams = torch.logspace(math.log10(self.lambda_min), math.log10(self.lambda_max), 60).tolist()
+        curves = [[sum(float((tilt_weights(p.r2, lam, p) * getattr(p, key)).sum()) for p in trace.pools)
+                   / len(trace.pools) for lam in lams] for key in ("r1", "r2")]
+        problem.figure("rewards_vs_lambda", plot_rewards_vs_lambda(
+            lams, curves[0], curves[1], trace.lam, ctx.run_dir / "rewards_vs_lambda.png", problem.name,
+            "importance-weighted pool"))
+        return {**problem.report(trace.lam, trace.nfe, len(trace.lambdas)), "bilevel_steps": len(trace.lambdas)}
 
     def _fault(self, quantity: str, step: int) -> None:
         """A non-finite ``quantity``: raise (``on_nonfinite=stop``) or return, and the caller skips it."""

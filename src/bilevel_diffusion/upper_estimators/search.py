@@ -1,13 +1,13 @@
-"""Hyper-parameter search baselines (SPEC §1.1 / §1.2): grid, random and Bayesian search over optuna 5.
+"""Hyper-parameter search baselines (``docs/method.md``, Baselines): grid, random and Bayesian search over optuna 5.
 
-The interface is task-agnostic::
+:meth:`SearchEstimator.solve` takes any problem with a search interface (both Scenario A and B problems have it)::
 
-    space = {"lambda": {"low": 0.01, "high": 100.0, "log": True}}        # one entry per searched parameter
-    def evaluate(params: dict[str, float]) -> dict:                       # one full evaluation (a guided sampling
-        ...                                                               # run, a training run, ...)
-        return {"objective": ..., "sampler_nfe": ..., **other_scalars}    # objective: lower is better
-    estimator = instantiate(cfg.upper_estimator)                          # GridSearch / RandomSearch / BayesianSearch
-    result = estimator.search(space, evaluate, ctx)                       # -> SearchResult
+    space = problem.search_space()        # {"lambda": {"low": 0.01, "high": 100.0, "log": True}}, one entry per param
+    problem.trial(params) -> dict         # one full evaluation (a guided sampling run, a training run, ...):
+                                          # {"objective": ..., "sampler_nfe": ..., **other_scalars}, lower is better
+    problem.report_search(found) -> dict  # the reported result of the search (summary.json keys)
+
+and runs ``found = self.search(space, problem.trial, ctx)`` in between.
 
 ``result.best_params``, ``result.best_value``, ``result.best_result`` (the dict ``evaluate`` returned for the best
 trial), ``result.trials`` (every evaluated trial, in order) and ``result.sampler_nfe`` (summed over trials).
@@ -41,7 +41,10 @@ from optuna.trial import TrialState
 
 from bilevel_diffusion import distributed
 from bilevel_diffusion.errors import ConfigError
+from bilevel_diffusion.problems.reward import RewardProblem
+from bilevel_diffusion.problems.schedule import ScheduleProblem
 from bilevel_diffusion.runtime import RunContext
+from bilevel_diffusion.upper_estimators.base import UpperEstimator
 
 #: ``{param: {"low": float, "high": float, "log": bool}}``
 SearchSpace = Mapping[str, Mapping[str, Any]]
@@ -93,15 +96,23 @@ def _scalars(result: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in result.items() if isinstance(v, (int, float, str, bool)) or v is None}
 
 
-class SearchEstimator:
+class SearchEstimator(UpperEstimator):
     """Base class of the search baselines: subclasses choose the optuna sampler."""
+
+    problem_type = (RewardProblem, ScheduleProblem)
 
     def __init__(self, name: str, n_trials: int | None = None, timeout_s: float | None = None, seed: int = 0) -> None:
         if n_trials is not None and n_trials < 1:
             raise ConfigError(f"upper_estimator.n_trials must be >= 1 (got {n_trials})")
         if timeout_s is not None and timeout_s <= 0:
             raise ConfigError(f"upper_estimator.timeout_s must be > 0 (got {timeout_s})")
-        self.name, self.n_trials, self.timeout_s, self.seed = name, n_trials, timeout_s, int(seed)
+        super().__init__(name)
+        self.n_trials, self.timeout_s, self.seed = n_trials, timeout_s, int(seed)
+
+    def solve(self, problem: RewardProblem | ScheduleProblem, ctx: RunContext) -> dict[str, Any]:
+        """Search the problem's space with its trial evaluation; the problem reports the chosen point."""
+        self.check_problem(problem)
+        return problem.report_search(self.search(problem.search_space(), problem.trial, ctx))
 
     def make_sampler(self, space: SearchSpace, seed: int) -> optuna.samplers.BaseSampler:  # pragma: no cover
         raise NotImplementedError

@@ -1,144 +1,37 @@
-"""``upper_estimator=zeroth_order``: the first-order penalty method of paper Alg. 6 (SPEC §1.2).
+"""``upper_estimator=zeroth_order``: paper Alg. 6 (bilevel without a pre-trained model) in full, on a
+:class:`~bilevel_diffusion.problems.schedule.ScheduleProblem`: learn the noise schedule while training.
 
-Two pieces of maths, kept free of any network or data so they can be checked on toy problems (SPEC §4):
+Variables (``docs/method.md``, Scenario B): ``theta_y`` solves the plain lower problem (K score-matching steps per
+outer step, with its EMA); ``theta_z`` is a *persistent* penalised copy with its own AdamW (copied from ``theta_y``
+once, when warm-up ends; the official code never actually updated it); ``q`` are the schedule parameters, moved by
+:class:`BoxAdam` and projected into their box after every step. The gradients are
+:func:`~bilevel_diffusion.upper_estimators.penalty.penalty_gradients`.
 
-- :func:`two_point_gradient`: the zeroth-order (two-point Gaussian-smoothing) estimate of the gradient of an
-  objective that can only be evaluated, such as the FID of DDIM samples;
-- :func:`penalty_gradients`: the gradients of the penalty reformulation with two lower-level copies
-  (``theta_y`` solves the plain lower problem, ``theta_z`` the penalised one)::
-
-      d theta_z = gradF_ZO(theta_z) / gamma + grad_theta L(theta_z; q)
-      d q       = gradF_ZO(q) / gamma + grad_q L(theta_z; q) - grad_q L(theta_y; q)      (Danskin)
-
-:class:`ZerothOrderEstimator` holds the method's settings (the config group); the loop that applies them to a
-diffusion model lives in :mod:`bilevel_diffusion.tasks.schedule_bilevel`.
+The upper objective inside the loop is a *cheap* FID: ``n_obj`` DDIM samples of ``theta_z`` with
+``obj_inference_steps`` steps from noise seeded per zeroth-order direction (common random numbers for the +delta
+and -delta evaluations). It is logged as ``objective_fid`` and never reported as the FID of the run.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+import copy
+from collections.abc import Callable
+from typing import Any
 
 import torch
+from torch import nn
+from tqdm.auto import tqdm
 
-from bilevel_diffusion import distributed
-from bilevel_diffusion.errors import ConfigError, check_policy
-
-#: ``objective(seed) -> value``; both evaluations of one direction get the same seed (common random numbers)
-Objective = Callable[[int], float]
-
-
-@dataclass
-class ZOEstimate:
-    """A zeroth-order gradient, one tensor per parameter, and the mean of the objective values it used."""
-
-    grads: list[torch.Tensor]
-    mean_value: float
-    evaluations: int
-    skipped_directions: int
+from bilevel_diffusion.checkpoint import load_checkpoint, save_checkpoint
+from bilevel_diffusion.errors import ConfigError, NumericalFault, check_policy, nonfinite
+from bilevel_diffusion.problems.schedule import ScheduleProblem
+from bilevel_diffusion.runtime import RunContext
+from bilevel_diffusion.schedules.family import NoiseSchedule
+from bilevel_diffusion.upper_estimators.base import UpperEstimator
+from bilevel_diffusion.upper_estimators.penalty import penalty_gradients
 
 
-def two_point_gradient(params: Sequence[torch.Tensor], objective: Objective, delta: float, num_directions: int,
-                       generator: torch.Generator, scale: Sequence[torch.Tensor | float] | None = None) -> ZOEstimate:
-    """Two-point Gaussian-smoothing gradient of ``objective`` at ``params`` (paper Alg. 6, SPEC §1.2)::
-
-        g = 1/m sum_k (f(w + delta S v_k) - f(w - delta S v_k)) / (2 delta) * S^-1 v_k,    v_k ~ N(0, I)
-
-    ``S = diag(scale)`` (default identity) smooths anisotropically, i.e. isotropically in the coordinates
-    ``w / S``; ``g`` estimates the gradient in the original coordinates either way. The parameters are perturbed
-    in place and restored exactly. Each direction draws one seed and passes it to both of its evaluations, so an
-    objective that draws its sampling noise from that seed uses common random numbers. A direction whose two values
-    are not both finite contributes nothing and is counted in ``skipped_directions``.
-    """
-    if delta <= 0 or num_directions < 1:
-        raise ConfigError(f"zeroth-order smoothing needs delta > 0 and at least one direction "
-                          f"(got delta={delta}, directions={num_directions})")
-    scales = list(scale) if scale is not None else [1.0] * len(params)
-    saved = [p.detach().clone() for p in params]
-    grads = [torch.zeros_like(w) for w in saved]
-    values: list[float] = []
-    skipped = 0
-    try:
-        with torch.no_grad():
-            for _ in range(num_directions):
-                seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
-                directions = [torch.randn(w.shape, generator=generator, dtype=w.dtype).to(w.device) for w in saved]
-                pair = []
-                for sign in (1.0, -1.0):
-                    for p, w, v, s in zip(params, saved, directions, scales):
-                        p.copy_(w + (sign * delta) * s * v)
-                    pair.append(float(objective(seed)))
-                values.extend(pair)
-                if not all(map(math.isfinite, pair)):
-                    skipped += 1
-                    continue
-                coefficient = (pair[0] - pair[1]) / (2.0 * delta * num_directions)
-                for g, v, s in zip(grads, directions, scales):
-                    g.add_(coefficient * v / s)
-    finally:
-        with torch.no_grad():
-            for p, w in zip(params, saved):
-                p.copy_(w)
-    finite = [v for v in values if math.isfinite(v)]
-    return ZOEstimate(grads, sum(finite) / len(finite) if finite else math.nan, len(values), skipped)
-
-
-def _norm(tensors: Sequence[torch.Tensor]) -> float:
-    return math.sqrt(sum(float(t.detach().double().pow(2).sum()) for t in tensors))
-
-
-@dataclass
-class PenaltyGradients:
-    """The assembled update directions of one outer step, and what went into them (for the logs)."""
-
-    upper: torch.Tensor
-    penalised: list[torch.Tensor]
-    objective: float
-    lower_penalised: float
-    lower_plain: float
-    norms: dict[str, float]
-    skipped_directions: int
-
-
-def penalty_gradients(upper: torch.Tensor, penalised: Sequence[torch.Tensor],
-                      lower_penalised: Callable[[], torch.Tensor], lower_plain: Callable[[], torch.Tensor],
-                      objective: Objective, gamma: float, delta_upper: float, delta_penalised: float,
-                      num_directions: int, generator: torch.Generator,
-                      upper_scale: torch.Tensor | float = 1.0) -> PenaltyGradients:
-    """Gradients of the penalty method at (q, theta_z, theta_y) (paper Alg. 6; SPEC §1.2, Danskin)::
-
-        upper     = ZO_q f / gamma + grad_q L(theta_z; q) - grad_q L(theta_y; q)
-        penalised = ZO_z f / gamma + grad_z L(theta_z; q)
-
-    ``upper`` is the upper variable q (a leaf tensor); ``penalised`` are theta_z's tensors; ``lower_penalised()`` and
-    ``lower_plain()`` return L(theta_z; q) and L(theta_y; q) with graphs to q (and to theta_z for the first); the
-    f-gradients are zeroth-order (:func:`two_point_gradient`, ``upper_scale`` = per-coordinate smoothing scale of q).
-    All terms are evaluated at the same point (a simultaneous update). With ``hardware=ddp`` the two losses are this
-    rank's share of the batch loss and their gradients (and values) are summed over the ranks.
-    """
-    if gamma <= 0:
-        raise ConfigError(f"the penalty constant gamma must be > 0 (got {gamma})")
-    penalised = list(penalised)
-    zo_z = two_point_gradient(penalised, objective, delta_penalised, num_directions, generator)
-    zo_q = two_point_gradient([upper], objective, delta_upper, num_directions, generator, scale=[upper_scale])
-    loss_z = lower_penalised()
-    grad_q_z, *grad_z = torch.autograd.grad(loss_z, [upper, *penalised])
-    loss_y = lower_plain()
-    (grad_q_y,) = torch.autograd.grad(loss_y, [upper])
-    distributed.sum_tensors([grad_q_z, *grad_z, grad_q_y])  # hardware=ddp: the shards' shares of the batch
-    upper_grad = zo_q.grads[0] / gamma + grad_q_z - grad_q_y
-    penalised_grads = [zo / gamma + g for zo, g in zip(zo_z.grads, grad_z)]
-    evaluations = zo_z.evaluations + zo_q.evaluations
-    mean = (zo_z.mean_value * zo_z.evaluations + zo_q.mean_value * zo_q.evaluations) / evaluations
-    norms = {"gnorm_zo_q": _norm(zo_q.grads), "gnorm_sm_z_q": _norm([grad_q_z]), "gnorm_sm_y_q": _norm([grad_q_y]),
-             "gnorm_zo_z": _norm(zo_z.grads), "gnorm_sm_z": _norm(grad_z)}
-    return PenaltyGradients(upper_grad, penalised_grads, mean, distributed.sum_scalar(loss_z.detach()),
-                            distributed.sum_scalar(loss_y.detach()), norms,
-                            zo_z.skipped_directions + zo_q.skipped_directions)
-
-
-class ZerothOrderEstimator:
+class ZerothOrderEstimator(UpperEstimator):
     """Settings of paper Alg. 6 (``configs/upper_estimator/zeroth_order.yaml``), checked on construction.
 
     The theta_y step budget is ``lower_solver.num_steps`` (as for a fixed-schedule run). One outer step is
@@ -148,6 +41,8 @@ class ZerothOrderEstimator:
     ``on_nonfinite``: a NaN/Inf schedule hyper-gradient or theta_z gradient stops the run (``stop``) or skips that
     outer step's theta_z and schedule update (``skip``).
     """
+
+    problem_type = ScheduleProblem
 
     def __init__(self, name: str = "zeroth_order", inner_steps: int = 10, warmup_fraction: float = 0.5,
                  gamma: float = 1.0, gamma_end: float | None = None, num_directions: int = 1, delta: float = 0.01,
@@ -166,12 +61,25 @@ class ZerothOrderEstimator:
         for ok, message in checks:
             if not ok:
                 raise ConfigError(f"upper_estimator.{message}")
-        self.name, self.inner_steps, self.warmup_fraction = name, int(inner_steps), float(warmup_fraction)
+        super().__init__(name)
+        self.inner_steps, self.warmup_fraction = int(inner_steps), float(warmup_fraction)
         self.gamma_start, self.gamma_end = float(gamma), float(gamma_end)
         self.num_directions, self.delta, self.delta_z = int(num_directions), float(delta), float(delta_z)
         self.n_obj, self.obj_inference_steps = int(n_obj), int(obj_inference_steps)
         self.obj_batch_size, self.schedule_lr, self.lr_z = int(obj_batch_size), float(schedule_lr), float(lr_z)
         self.on_nonfinite = check_policy(on_nonfinite, "upper_estimator.on_nonfinite")
+
+    def solve(self, problem: ScheduleProblem, ctx: RunContext) -> dict[str, Any]:
+        """Alg. 6 on ``problem``; the reported model is theta_y's EMA (the network trained under the learned
+        schedule) sampled under the final schedule."""
+        self.check_problem(problem)
+        loop = PenaltyLoop(self, problem, ctx)
+        loop.fit()
+        result = problem.report(loop.solver.ema_model(), problem.schedule, loop.solver.num_steps)
+        report_nfe = result["sampler_nfe"]
+        return {**result, "report_nfe": report_nfe, "sampler_nfe": report_nfe + loop.objective_nfe,
+                "objective_nfe": loop.objective_nfe, "trainings_used": 1, "train_steps": loop.solver.num_steps,
+                "train_steps_z": loop.bilevel_outer, "theta_z_minus_theta_y": loop.theta_distance()}
 
     def outer_steps(self, lower_steps: int) -> tuple[int, int]:
         """(warm-up outer steps, bilevel outer steps) for ``lower_steps`` theta_y steps in all."""
@@ -185,3 +93,176 @@ class ZerothOrderEstimator:
         """gamma at bilevel outer step ``bilevel_step`` (0-based) of ``bilevel_steps``: linear ramp, last = end."""
         fraction = bilevel_step / (bilevel_steps - 1) if bilevel_steps > 1 else 1.0
         return self.gamma_start + (self.gamma_end - self.gamma_start) * fraction
+
+
+class BoxAdam:
+    """Adam on ``u = (q - lo) / (hi - lo)``, then ``q <- Proj_Q(lo + (hi - lo) u)`` after every step.
+
+    One learning rate then moves every parameter by the same fraction of its box (the official code needed four
+    hand-set rates). The rate decays to zero by a cosine over ``total_steps``. ``width`` is also the right
+    per-coordinate scale for zeroth-order smoothing in the same coordinates.
+    """
+
+    def __init__(self, schedule: NoiseSchedule, lr: float, total_steps: int) -> None:
+        missing = [name for name in schedule.param_names if name not in schedule.bounds]
+        if missing:
+            raise ConfigError(f"a learned schedule needs schedule.bounds for every parameter; missing {missing}")
+        lo = torch.tensor([schedule.bounds[n][0] for n in schedule.param_names], dtype=torch.float64)
+        hi = torch.tensor([schedule.bounds[n][1] for n in schedule.param_names], dtype=torch.float64)
+        if not bool((hi > lo).all()):
+            raise ConfigError(f"schedule.bounds must have low < high for every parameter (got {schedule.bounds})")
+        self.schedule, self.lo, self.width = schedule, lo, hi - lo
+        self.u = torch.nn.Parameter(self._normalised())
+        self.optimizer = torch.optim.Adam([self.u], lr=lr)
+        self.lr_scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=max(1, total_steps))
+
+    def _normalised(self) -> torch.Tensor:
+        return (self.schedule.raw.detach() - self.lo) / self.width
+
+    def step(self, grad_q: torch.Tensor) -> None:
+        """One Adam step along ``-grad_q`` (the gradient in the schedule's own coordinates), then the projection."""
+        self.u.grad = grad_q.detach().to(self.u) * self.width
+        self.optimizer.step()
+        self.lr_scheduler.step()
+        with torch.no_grad():
+            self.schedule.raw.copy_(self.lo + self.width * self.u)
+            self.schedule.project_()
+            self.u.copy_(self._normalised())
+
+    def state_dict(self) -> dict:
+        return {"u": self.u.detach().clone(), "optimizer": self.optimizer.state_dict(),
+                "lr_scheduler": self.lr_scheduler.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        with torch.no_grad():
+            self.u.copy_(state["u"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.lr_scheduler.load_state_dict(state["lr_scheduler"])
+
+
+class PenaltyLoop:
+    """The state of paper Alg. 6 and one outer step of it (:meth:`step`); :meth:`fit` runs all of them."""
+
+    def __init__(self, estimator: ZerothOrderEstimator, problem: ScheduleProblem, ctx: RunContext) -> None:
+        schedule = problem.schedule
+        if not schedule.learnable:
+            raise ConfigError(f"upper_estimator=zeroth_order learns the schedule: use schedule=learned_cosine or "
+                              f"schedule=learned_sigmoid (got the fixed schedule {schedule.name!r})")
+        self.estimator, self.problem, self.schedule, self.ctx = estimator, problem, schedule, ctx
+        self.solver = problem.new_solver()  # the same initial weights as a fixed-schedule run with this seed
+        self.warmup_outer, self.bilevel_outer = estimator.outer_steps(self.solver.num_steps)
+        self.theta_z = copy.deepcopy(self.solver.model)
+        # theta_z's AdamW: the lower solver's weight decay and gradient clipping
+        self.optimizer_z = torch.optim.AdamW(self.theta_z.parameters(), lr=estimator.lr_z,
+                                             weight_decay=self.solver.optimizer.param_groups[0]["weight_decay"])
+        self.lr_scheduler_z = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer_z, T_max=self.bilevel_outer)
+        self.upper = BoxAdam(schedule, estimator.schedule_lr, self.bilevel_outer)
+        self.generator = torch.Generator().manual_seed(ctx.seed)
+        self.outer_step = 0
+        self.objective_nfe = 0
+
+    @property
+    def total_outer(self) -> int:
+        return self.warmup_outer + self.bilevel_outer
+
+    def _batch(self) -> torch.Tensor:
+        return self.problem.next_batch(self.solver.batch_size, self.generator).to(self.ctx.device)
+
+    def objective(self, seed: int) -> float:
+        """Cheap in-loop FID of ``theta_z`` under the current schedule, from noise drawn with ``seed``."""
+        estimator = self.estimator
+        fid, nfe = self.problem.in_loop_fid(self.theta_z, self.schedule, estimator.n_obj, seed,
+                                            estimator.obj_inference_steps, estimator.obj_batch_size)
+        self.objective_nfe += nfe
+        return fid
+
+    def _lower_loss(self, model: nn.Module, x0: torch.Tensor, noise_seed: int) -> Callable[[], torch.Tensor]:
+        """L_SM(model; q) with a graph to q; both copies get the same batch, t and eps (common random numbers).
+        With ``hardware=ddp``: this rank's share of it (``penalty_gradients`` sums the ranks' gradients)."""
+        def loss() -> torch.Tensor:
+            generator = torch.Generator().manual_seed(noise_seed)
+            return self.problem.lower_loss(model, self.schedule.alphas_cumprod(), x0, generator)
+        return loss
+
+    def step(self) -> dict[str, float]:
+        """One outer step: K theta_y steps; after warm-up, one theta_z step and one projected schedule step."""
+        alphas_cumprod = self.schedule.alphas_cumprod().detach()
+        k = min(self.estimator.inner_steps, self.solver.num_steps - self.solver.step_count)
+        losses = [self.solver.step(self._batch(), alphas_cumprod, self.generator) for _ in range(k)]
+        row = {"loss_y": sum(losses) / k, "lr": self.solver.optimizer.param_groups[0]["lr"]}
+        if self.outer_step >= self.warmup_outer:
+            row.update(self._penalty_step(self.outer_step - self.warmup_outer))
+        self.outer_step += 1
+        row.update({f"schedule_{name}": value for name, value in self.schedule.as_dict().items()})
+        return row
+
+    def _penalty_step(self, bilevel_step: int) -> dict[str, float]:
+        if bilevel_step == 0:  # theta_z starts where theta_y is when the schedule starts to move
+            self.theta_z.load_state_dict(self.solver.model.state_dict())
+        gamma = self.estimator.gamma(bilevel_step, self.bilevel_outer)
+        x0 = self._batch()
+        noise_seed = int(torch.randint(0, 2**62, (1,), generator=self.generator))
+        params_z = list(self.theta_z.parameters())
+        grads = penalty_gradients(self.schedule.raw, params_z, self._lower_loss(self.theta_z, x0, noise_seed),
+                                  self._lower_loss(self.solver.model, x0, noise_seed), self.objective, gamma,
+                                  self.estimator.delta, self.estimator.delta_z, self.estimator.num_directions,
+                                  self.generator, upper_scale=self.upper.width)
+        where = f"outer step {self.outer_step + 1} (theta_y step {self.solver.step_count})"
+        for quantity, tensors in (("schedule hyper-gradient", [grads.upper]), ("theta_z gradient", grads.penalised)):
+            if not all(bool(torch.isfinite(t).all()) for t in tensors):
+                nonfinite(self.estimator.on_nonfinite, quantity, where, "upper_estimator.on_nonfinite")
+                return {"objective_fid": grads.objective, "gamma": gamma, "nonfinite_skipped": 1}
+        for p, g in zip(params_z, grads.penalised):
+            p.grad = g
+        if self.solver.grad_clip:
+            torch.nn.utils.clip_grad_norm_(params_z, self.solver.grad_clip)
+        self.optimizer_z.step()
+        self.optimizer_z.zero_grad(set_to_none=True)
+        self.lr_scheduler_z.step()
+        self.upper.step(grads.upper)
+        if not bool(torch.isfinite(self.schedule.raw).all()):
+            raise NumericalFault(f"non-finite schedule parameters at {where}; the last good checkpoint is kept")
+        return {"objective_fid": grads.objective, "loss_z": grads.lower_penalised, "gamma": gamma,
+                "zo_skipped": grads.skipped_directions, "objective_nfe": self.objective_nfe, **grads.norms}
+
+    def theta_distance(self) -> float:
+        """||theta_z - theta_y||_2: zero would mean the penalised copy never moved apart (the official bug)."""
+        return float(sum((z.detach() - y.detach()).double().pow(2).sum()
+                         for z, y in zip(self.theta_z.parameters(), self.solver.model.parameters())) ** 0.5)
+
+    def state_dict(self) -> dict:
+        return {"solver": self.solver.state_dict(), "theta_z": self.theta_z.state_dict(),
+                "optimizer_z": self.optimizer_z.state_dict(), "lr_scheduler_z": self.lr_scheduler_z.state_dict(),
+                "schedule": self.schedule.state_dict(), "upper": self.upper.state_dict(),
+                "generator": self.generator.get_state(), "outer_step": self.outer_step,
+                "objective_nfe": self.objective_nfe}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.solver.load_state_dict(state["solver"])
+        self.theta_z.load_state_dict(state["theta_z"])
+        self.optimizer_z.load_state_dict(state["optimizer_z"])
+        self.lr_scheduler_z.load_state_dict(state["lr_scheduler_z"])
+        self.schedule.load_state_dict(state["schedule"])
+        self.upper.load_state_dict(state["upper"])
+        self.generator.set_state(state["generator"])
+        self.outer_step, self.objective_nfe = state["outer_step"], state["objective_nfe"]
+
+    def fit(self) -> None:
+        """All outer steps, one ``metrics.jsonl`` line each (``step`` = theta_y steps done); a checkpoint whenever
+        the theta_y step count passes a multiple of ``checkpoint_every``, and at the end."""
+        ctx, checkpoint_every = self.ctx, self.problem.checkpoint_every
+        if ctx.resume and ctx.checkpoint_path.exists():
+            state = load_checkpoint(ctx.checkpoint_path)
+            self.load_state_dict(state)
+            ctx.recorder.resume_from(self.solver.step_count, state["wall_clock_s"])
+        bar = tqdm(range(self.outer_step, self.total_outer), initial=self.outer_step, total=self.total_outer,
+                   desc="bilevel (Alg. 6)", disable=None)
+        for _ in bar:
+            before = self.solver.step_count
+            row = self.step()
+            done = self.solver.step_count
+            ctx.recorder.log(done, **row)
+            bar.set_postfix(loss_y=f"{row['loss_y']:.4f}", obj=f"{row.get('objective_fid', float('nan')):.2f}")
+            if done // checkpoint_every > before // checkpoint_every or self.outer_step == self.total_outer:
+                save_checkpoint({**self.state_dict(), "wall_clock_s": ctx.recorder.wall_clock()},
+                                ctx.checkpoint_path)

@@ -1,0 +1,149 @@
+"""The Scenario B problem (paper Sec. 3.2, ``docs/method.md``): train an eps-model from scratch under a noise
+schedule q and judge the schedule by the FID of the trained model's samples.
+
+    upper:  min_q  FID(samples of theta*(q) under q)          lower:  theta*(q) = argmin_theta L_SM(theta; q)
+
+A task fills a :class:`ScheduleProblem` with the data, a model factory, the schedule (its family, initial value and
+box), the score-matching solver factory and the reported-FID evaluator; upper estimators use
+
+- :meth:`new_solver`, :meth:`next_batch`, :meth:`lower_loss`, :meth:`in_loop_fid`: the pieces of the bilevel loop
+  (paper Alg. 6: the estimator owns the loop);
+- :meth:`train`: one full training under a fixed schedule (paper Alg. 3, the project's one training loop);
+- :meth:`search_space` / :meth:`trial` / :meth:`report_search`: one training per schedule (the searches);
+- :meth:`report`: the *reported* FID/IS of a trained model (``eval.num_samples`` DDIM samples from fixed noise),
+  the same for every method; never the cheap in-loop FID.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from bilevel_diffusion.data.mnist import ImageData
+from bilevel_diffusion.errors import ConfigError
+from bilevel_diffusion.evaluation import fixed_noise, report_samples
+from bilevel_diffusion.lower_solvers.score_matching import ScoreMatchingSolver, fit, score_matching_loss
+from bilevel_diffusion.metrics.image_quality import ImageQuality
+from bilevel_diffusion.runtime import RunContext
+from bilevel_diffusion.sampling.ddim import ddim_sample, make_ddim_scheduler
+from bilevel_diffusion.schedules.family import NoiseSchedule
+
+
+def _trial_grid_name(params: Mapping[str, float]) -> str:
+    digest = hashlib.sha1(json.dumps(dict(params), sort_keys=True).encode()).hexdigest()[:10]
+    return f"trial_samples/{digest}"
+
+
+class ScheduleProblem:
+    """A Scenario B instance: what training, sampling and scoring a model under a schedule needs.
+
+    ``model()`` builds a fresh eps-network (seeded with the run's seed by :meth:`new_solver`, so every training of
+    a run starts from the same weights); ``lower_solver(model=...)`` its score-matching solver. ``evaluation``
+    holds ``num_samples``, ``num_inference_steps``, ``batch_size``, ``seed`` and ``grid_size`` of the reported
+    evaluation; ``sampler`` the DDIM settings ``clip_sample`` and ``timestep_spacing``.
+    """
+
+    def __init__(self, *, name: str, data: ImageData, model: Callable[[], nn.Module], schedule: NoiseSchedule,
+                 lower_solver: Callable[..., ScoreMatchingSolver], quality: ImageQuality,
+                 evaluation: Mapping[str, Any], sampler: Mapping[str, Any], ctx: RunContext, log_every: int = 25,
+                 checkpoint_every: int = 100) -> None:
+        self.name, self.data, self.model, self.schedule = name, data, model, schedule
+        self.lower_solver, self.quality, self.evaluation, self.ctx = lower_solver, quality, evaluation, ctx
+        self.clip_sample, self.timestep_spacing = bool(sampler["clip_sample"]), str(sampler["timestep_spacing"])
+        self.log_every, self.checkpoint_every = int(log_every), int(checkpoint_every)
+
+    # -- the lower level --------------------------------------------------------------------------------------
+    def new_solver(self) -> ScoreMatchingSolver:
+        """A score-matching solver on a fresh network with the run seed's initial weights."""
+        torch.manual_seed(self.ctx.seed)
+        return self.lower_solver(model=self.model().to(self.ctx.device))
+
+    def next_batch(self, batch_size: int, generator: torch.Generator) -> torch.Tensor:
+        """A training batch of images (CPU), drawn with ``generator``."""
+        return self.data.batch(batch_size, generator)[0]
+
+    def lower_loss(self, model: nn.Module, alphas_cumprod: torch.Tensor, x0: torch.Tensor,
+                   generator: torch.Generator) -> torch.Tensor:
+        """L_SM(model; q) with its graph to q; with ``hardware=ddp`` this rank's share of the batch loss."""
+        model.train()
+        return score_matching_loss(model, alphas_cumprod, x0, generator, data_parallel=True)
+
+    def train(self, schedule: NoiseSchedule, checkpointed: bool = False,
+              desc: str = "score matching") -> ScoreMatchingSolver:
+        """One full training under the fixed ``schedule`` (paper Alg. 3). ``checkpointed``: log the loss every
+        ``log_every`` steps, save ``checkpoints/last.pt`` every ``checkpoint_every`` steps and resume from it."""
+        solver = self.new_solver()
+        generator = torch.Generator().manual_seed(self.ctx.seed)
+        ctx = self.ctx
+        return fit(solver, self.next_batch, schedule.alphas_cumprod(), generator, ctx.device, ctx.recorder,
+                   self.log_every if checkpointed else 0, ctx.checkpoint_path if checkpointed else None,
+                   self.checkpoint_every, ctx.resume, desc)
+
+    # -- the upper level --------------------------------------------------------------------------------------
+    def in_loop_fid(self, model: nn.Module, schedule: NoiseSchedule, num_samples: int, seed: int,
+                    num_inference_steps: int, batch_size: int) -> tuple[float, int]:
+        """The cheap in-loop objective: FID of ``num_samples`` DDIM samples from noise seeded by ``seed``, and
+        the network evaluations it cost. Never reported as the run's FID."""
+        scheduler = make_ddim_scheduler(schedule.betas().detach(), clip_sample=self.clip_sample,
+                                        timestep_spacing=self.timestep_spacing)
+        images, nfe = ddim_sample(model, scheduler, fixed_noise(num_samples, seed), num_inference_steps, batch_size,
+                                  self.ctx.device)
+        return self.quality.fid_score(images), nfe
+
+    def report(self, model: nn.Module, schedule: NoiseSchedule, step: int | None,
+               grid_name: str = "samples") -> dict[str, Any]:
+        """The reported FID/IS of ``model`` sampled under ``schedule``, logged at ``step`` (None: not logged)."""
+        sample_report = report_samples(model, schedule.betas(), self.quality, self.evaluation, self.ctx,
+                                       self.clip_sample, self.timestep_spacing, grid_name=grid_name)
+        if step is not None:
+            self.ctx.recorder.log(step, fid=sample_report.fid, inception_score=sample_report.inception_score)
+        return {"objective": sample_report.fid, "fid": sample_report.fid, "is": sample_report.inception_score,
+                "is_std": sample_report.inception_score_std, "sampler_nfe": sample_report.sampler_nfe,
+                "fid_features": self.quality.label, "eval_num_samples": self.evaluation["num_samples"],
+                "schedule": {"name": schedule.name, **schedule.as_dict()}}
+
+    # -- the search interface ---------------------------------------------------------------------------------
+    def with_params(self, params: Mapping[str, float]) -> NoiseSchedule:
+        """A fixed (non-learnable) schedule of the problem's family with ``params``."""
+        schedule = self.schedule
+        return type(schedule)(name=schedule.name, num_train_timesteps=schedule.num_train_timesteps, **params)
+
+    def search_space(self) -> dict[str, dict[str, Any]]:
+        """The schedule's box, uniform in every parameter (as the official Bayesian optimisation), with the
+        configured values as ``initial`` (where a staged grid holds a parameter before its stage)."""
+        schedule = self.schedule
+        missing = [name for name in schedule.param_names if name not in schedule.bounds]
+        if missing:
+            raise ConfigError(f"the search baselines search the box schedule.bounds; it lacks {missing} "
+                              f"(use schedule=learned_cosine or schedule=learned_sigmoid)")
+        initial = schedule.as_dict()
+        return {name: {"low": lo, "high": hi, "log": False, "initial": initial[name]}
+                for name, (lo, hi) in schedule.bounds.items()}
+
+    def trial(self, params: Mapping[str, float]) -> dict[str, Any]:
+        """One trial: a full training under the fixed schedule ``params``, then the reported FID/IS."""
+        (self.ctx.run_dir / "trial_samples").mkdir(exist_ok=True)
+        schedule = self.with_params(params)
+        solver = self.train(schedule, desc="trial: score matching")
+        result = self.report(solver.ema_model(), schedule, None, grid_name=_trial_grid_name(params))
+        return {**{key: result[key] for key in ("objective", "fid", "is", "is_std", "sampler_nfe")},
+                "train_steps": solver.num_steps}
+
+    def report_search(self, found: Any) -> dict[str, Any]:
+        """The best trial's reported numbers (its samples become ``samples.png``)."""
+        best, ctx = found.best_result, self.ctx
+        trials_dir = ctx.shared_dir or ctx.run_dir  # rank 0's, which holds every trial's grid also after a resume
+        shutil.copyfile(trials_dir / f"{_trial_grid_name(found.best_params)}.png", ctx.run_dir / "samples.png")
+        ctx.recorder.log(len(found.trials), fid=best["fid"], inception_score=best["is"],
+                         best_trial=next(t.index for t in found.trials if t.result is best))
+        return {"objective": found.best_value, "fid": best["fid"], "is": best["is"], "is_std": best["is_std"],
+                "sampler_nfe": found.sampler_nfe, "fid_features": self.quality.label,
+                "eval_num_samples": self.evaluation["num_samples"],
+                "schedule": {"name": self.schedule.name, **found.best_params}, "trainings_used": len(found.trials),
+                "train_steps": sum(int(t.result.get("train_steps", 0)) for t in found.trials)}

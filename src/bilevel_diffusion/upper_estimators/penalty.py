@@ -1,0 +1,136 @@
+"""The maths of paper Alg. 6 (``upper_estimator=zeroth_order``), free of any network or data so that it can be
+checked on toy problems (``docs/method.md``, Scenario B):
+
+- :func:`two_point_gradient`: the zeroth-order (two-point Gaussian-smoothing) estimate of the gradient of an
+  objective that can only be evaluated, such as the FID of DDIM samples;
+- :func:`penalty_gradients`: the gradients of the penalty reformulation with two lower-level copies
+  (``theta_y`` solves the plain lower problem, ``theta_z`` the penalised one)::
+
+      d theta_z = gradF_ZO(theta_z) / gamma + grad_theta L(theta_z; q)
+      d q       = gradF_ZO(q) / gamma + grad_q L(theta_z; q) - grad_q L(theta_y; q)      (Danskin)
+
+The loop that applies them to a diffusion model is :mod:`bilevel_diffusion.upper_estimators.zeroth_order`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from bilevel_diffusion import distributed
+from bilevel_diffusion.errors import ConfigError
+
+#: ``objective(seed) -> value``; both evaluations of one direction get the same seed (common random numbers)
+Objective = Callable[[int], float]
+
+
+@dataclass
+class ZOEstimate:
+    """A zeroth-order gradient, one tensor per parameter, and the mean of the objective values it used."""
+
+    grads: list[torch.Tensor]
+    mean_value: float
+    evaluations: int
+    skipped_directions: int
+
+
+def two_point_gradient(params: Sequence[torch.Tensor], objective: Objective, delta: float, num_directions: int,
+                       generator: torch.Generator, scale: Sequence[torch.Tensor | float] | None = None) -> ZOEstimate:
+    """Two-point Gaussian-smoothing gradient of ``objective`` at ``params`` (paper Alg. 6, ``docs/method.md``)::
+
+        g = 1/m sum_k (f(w + delta S v_k) - f(w - delta S v_k)) / (2 delta) * S^-1 v_k,    v_k ~ N(0, I)
+
+    ``S = diag(scale)`` (default identity) smooths anisotropically, i.e. isotropically in the coordinates
+    ``w / S``; ``g`` estimates the gradient in the original coordinates either way. The parameters are perturbed
+    in place and restored exactly. Each direction draws one seed and passes it to both of its evaluations, so an
+    objective that draws its sampling noise from that seed uses common random numbers. A direction whose two values
+    are not both finite contributes nothing and is counted in ``skipped_directions``.
+    """
+    if delta <= 0 or num_directions < 1:
+        raise ConfigError(f"zeroth-order smoothing needs delta > 0 and at least one direction "
+                          f"(got delta={delta}, directions={num_directions})")
+    scales = list(scale) if scale is not None else [1.0] * len(params)
+    saved = [p.detach().clone() for p in params]
+    grads = [torch.zeros_like(w) for w in saved]
+    values: list[float] = []
+    skipped = 0
+    try:
+        with torch.no_grad():
+            for _ in range(num_directions):
+                seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
+                directions = [torch.randn(w.shape, generator=generator, dtype=w.dtype).to(w.device) for w in saved]
+                pair = []
+                for sign in (1.0, -1.0):
+                    for p, w, v, s in zip(params, saved, directions, scales):
+                        p.copy_(w + (sign * delta) * s * v)
+                    pair.append(float(objective(seed)))
+                values.extend(pair)
+                if not all(map(math.isfinite, pair)):
+                    skipped += 1
+                    continue
+                coefficient = (pair[0] - pair[1]) / (2.0 * delta * num_directions)
+                for g, v, s in zip(grads, directions, scales):
+                    g.add_(coefficient * v / s)
+    finally:
+        with torch.no_grad():
+            for p, w in zip(params, saved):
+                p.copy_(w)
+    finite = [v for v in values if math.isfinite(v)]
+    return ZOEstimate(grads, sum(finite) / len(finite) if finite else math.nan, len(values), skipped)
+
+
+def _norm(tensors: Sequence[torch.Tensor]) -> float:
+    return math.sqrt(sum(float(t.detach().double().pow(2).sum()) for t in tensors))
+
+
+@dataclass
+class PenaltyGradients:
+    """The assembled update directions of one outer step, and what went into them (for the logs)."""
+
+    upper: torch.Tensor
+    penalised: list[torch.Tensor]
+    objective: float
+    lower_penalised: float
+    lower_plain: float
+    norms: dict[str, float]
+    skipped_directions: int
+
+
+def penalty_gradients(upper: torch.Tensor, penalised: Sequence[torch.Tensor],
+                      lower_penalised: Callable[[], torch.Tensor], lower_plain: Callable[[], torch.Tensor],
+                      objective: Objective, gamma: float, delta_upper: float, delta_penalised: float,
+                      num_directions: int, generator: torch.Generator,
+                      upper_scale: torch.Tensor | float = 1.0) -> PenaltyGradients:
+    """Gradients of the penalty method at (q, theta_z, theta_y) (paper Alg. 6, ``docs/method.md``; Danskin)::
+
+        upper     = ZO_q f / gamma + grad_q L(theta_z; q) - grad_q L(theta_y; q)
+        penalised = ZO_z f / gamma + grad_z L(theta_z; q)
+
+    ``upper`` is the upper variable q (a leaf tensor); ``penalised`` are theta_z's tensors; ``lower_penalised()`` and
+    ``lower_plain()`` return L(theta_z; q) and L(theta_y; q) with graphs to q (and to theta_z for the first); the
+    f-gradients are zeroth-order (:func:`two_point_gradient`, ``upper_scale`` = per-coordinate smoothing scale of q).
+    All terms are evaluated at the same point (a simultaneous update). With ``hardware=ddp`` the two losses are this
+    rank's share of the batch loss and their gradients (and values) are summed over the ranks.
+    """
+    if gamma <= 0:
+        raise ConfigError(f"the penalty constant gamma must be > 0 (got {gamma})")
+    penalised = list(penalised)
+    zo_z = two_point_gradient(penalised, objective, delta_penalised, num_directions, generator)
+    zo_q = two_point_gradient([upper], objective, delta_upper, num_directions, generator, scale=[upper_scale])
+    loss_z = lower_penalised()
+    grad_q_z, *grad_z = torch.autograd.grad(loss_z, [upper, *penalised])
+    loss_y = lower_plain()
+    (grad_q_y,) = torch.autograd.grad(loss_y, [upper])
+    distributed.sum_tensors([grad_q_z, *grad_z, grad_q_y])  # hardware=ddp: the shards' shares of the batch
+    upper_grad = zo_q.grads[0] / gamma + grad_q_z - grad_q_y
+    penalised_grads = [zo / gamma + g for zo, g in zip(zo_z.grads, grad_z)]
+    evaluations = zo_z.evaluations + zo_q.evaluations
+    mean = (zo_z.mean_value * zo_z.evaluations + zo_q.mean_value * zo_q.evaluations) / evaluations
+    norms = {"gnorm_zo_q": _norm(zo_q.grads), "gnorm_sm_z_q": _norm([grad_q_z]), "gnorm_sm_y_q": _norm([grad_q_y]),
+             "gnorm_zo_z": _norm(zo_z.grads), "gnorm_sm_z": _norm(grad_z)}
+    return PenaltyGradients(upper_grad, penalised_grads, mean, distributed.sum_scalar(loss_z.detach()),
+                            distributed.sum_scalar(loss_y.detach()), norms,
+                            zo_z.skipped_directions + zo_q.skipped_directions)

@@ -1,0 +1,61 @@
+"""Every task x upper_estimator pair through run.py: it runs at smoke size and writes the run contract, or it is
+refused before any work with one ``error:`` line and exit 2 (``Task.accepts``, docs/design.md)."""
+
+from __future__ import annotations
+
+import pytest
+from hydra.utils import get_class
+
+from conftest import CONFIGS, assert_run_contract, compose, run_in_process
+
+TASKS = sorted(path.stem for path in (CONFIGS / "task").glob("*.yaml"))
+ESTIMATORS = sorted(path.stem for path in (CONFIGS / "upper_estimator").glob("*.yaml"))
+SD_TASKS = {"finetune_aesthetic", "finetune_hps", "finetune_synthetic"}
+#: the smallest budget of each estimator (a new option without an entry here fails the walk)
+BUDGET = {
+    "bayesian": ["upper_estimator.n_trials=1", "upper_estimator.n_startup_trials=1"],
+    "closed_form": ["upper_estimator.num_steps=3", "upper_estimator.refresh_every=2"],
+    "closed_form_pool": ["upper_estimator.num_steps=3"],
+    "fixed": [],
+    "grid": ["upper_estimator.n_trials=1"],
+    "random": ["upper_estimator.n_trials=1"],
+    "staged_grid": ["upper_estimator.n_trials=1"],
+    "weighted_sum": [],
+    "zeroth_order": ["lower_solver.num_steps=4", "upper_estimator.inner_steps=2", "upper_estimator.n_obj=4",
+                     "upper_estimator.obj_inference_steps=2"],
+}
+
+
+def _accepts(task: str, estimator: str) -> tuple[bool, str]:
+    """Whether the task's class accepts the estimator's class, and the estimator's ``name``."""
+    cfg = compose(f"task={task}", f"upper_estimator={estimator}")
+    accepts = get_class(cfg.task._target_).accepts
+    return issubclass(get_class(cfg.upper_estimator._target_), accepts), str(cfg.upper_estimator.name)
+
+
+def test_every_task_accepts_some_estimators_and_refuses_others() -> None:
+    table = {task: {e for e in ESTIMATORS if _accepts(task, e)[0]} for task in TASKS}
+    assert table["train_mnist"] == {"fixed"}
+    assert table["noise_schedule_mnist"] == {"zeroth_order", "fixed", "grid", "random", "bayesian", "staged_grid"}
+    for task in ("finetune_gaussian", "finetune_mnist", *SD_TASKS):
+        assert table[task] == {"closed_form", "closed_form_pool", "grid", "random", "bayesian", "weighted_sum"}
+    assert set(BUDGET) == set(ESTIMATORS)
+
+
+@pytest.mark.parametrize("estimator", ESTIMATORS)
+@pytest.mark.parametrize("task", TASKS)
+def test_a_pair_runs_at_smoke_size_or_is_refused_before_any_work(task, estimator, tmp_path, tiny_dir) -> None:
+    run_dir = tmp_path / "run"
+    model = ["model=tiny", f"model.path={tiny_dir}"] if task in SD_TASKS else []
+    args = [f"task={task}", f"upper_estimator={estimator}", "experiment=smoke", "hardware=cpu", "logger=none",
+            *model, *BUDGET[estimator], f"hydra.run.dir={run_dir}"]
+    accepted, name = _accepts(task, estimator)
+    code, stderr = run_in_process(*args)
+    if not accepted:
+        errors = [line for line in stderr.splitlines() if line.startswith("error:")]
+        assert code == 2 and len(errors) == 1, stderr
+        assert errors[0].startswith(f"error: task={task} does not take upper_estimator={estimator}; choose one of:")
+        assert not (run_dir / "metrics.jsonl").exists() and not (run_dir / "summary.json").exists()
+        return
+    assert code == 0, stderr[-3000:]
+    assert_run_contract(run_dir, task, name)
