@@ -35,3 +35,28 @@ def test_default_model_is_a_diffusers_unet_of_one_to_two_million_parameters() ->
     model = instantiate(compose().model)()
     assert type(model.unet).__name__ == "UNet2DModel"
     assert 1_000_000 <= model.num_parameters <= 2_000_000
+
+
+def test_every_task_file_has_one_packaging_style() -> None:
+    for path in sorted((CONFIGS / "task").glob("*.yaml")):
+        text = path.read_text()
+        assert text.startswith("# @package _global_\n") and "\ntask:\n" in text, path.name
+
+
+def test_a_preset_that_matches_no_experiment_or_task_is_an_error(tmp_path) -> None:
+    import shutil
+
+    from bilevel_diffusion.errors import ConfigError
+    from bilevel_diffusion.preflight import check_overrides
+
+    check_overrides([], CONFIGS)  # the real presets all match
+    shutil.copytree(CONFIGS, tmp_path / "configs")
+    misspelt = tmp_path / "configs" / "task_preset" / "smoke" / "finetune_gausian.yaml"
+    misspelt.write_text("task:\n  pool_samples: 8\n")
+    with pytest.raises(ConfigError, match="finetune_gausian.yaml matches no run"):
+        check_overrides(["task=finetune_gaussian"], tmp_path / "configs")
+    misspelt.unlink()
+    (tmp_path / "configs" / "task_preset" / "smok").mkdir()
+    (tmp_path / "configs" / "task_preset" / "smok" / "finetune_mnist.yaml").write_text("task: {}\n")
+    with pytest.raises(ConfigError, match="experiment='smok'"):
+        check_overrides([], tmp_path / "configs")

@@ -52,3 +52,18 @@ def test_full_mnist_reads_a_local_idx_folder(tmp_path) -> None:
     assert data.train_x.shape == (6, 1, 28, 28) and data.test_x.shape == (3, 1, 28, 28)
     assert -1.0 <= float(data.train_x.min()) and float(data.train_x.max()) <= 1.0
     assert data.test_y.tolist() == [0, 1, 2]
+
+
+def test_mnist5k_cache_gives_the_same_digits_and_a_damaged_cache_is_rebuilt(tmp_path) -> None:
+    from bilevel_diffusion.data.mnist import _embedded_digits
+
+    parsed = load_mnist5k(cache_dir=tmp_path)
+    cache = tmp_path / "data" / "mnist5k.safetensors"
+    assert cache.is_file()
+    _embedded_digits.cache_clear()
+    cached = load_mnist5k(cache_dir=tmp_path)
+    assert torch.equal(parsed.train_x, cached.train_x) and torch.equal(parsed.test_y, cached.test_y)
+    cache.write_bytes(b"not a safetensors file")
+    _embedded_digits.cache_clear()
+    rebuilt = load_mnist5k(cache_dir=tmp_path)
+    assert torch.equal(parsed.test_x, rebuilt.test_x) and cache.stat().st_size > 1000

@@ -3,8 +3,8 @@
 A plan (``configs/reproduce_MODE.yaml``) lists *comparisons*: a task, an experiment preset, the bilevel method and
 its baselines, run for every seed of the plan. A comparison is one or two multiruns of ``run.py``:
 
-1. the bilevel method (and every baseline that takes no budget) over the seeds, one multirun per method (each with
-   the plan's ``method_overrides`` for it, e.g. a search's trial count at this size);
+1. the bilevel method (and every baseline that takes no budget) over the seeds, one multirun per group of methods
+   with the same ``method_overrides`` in the plan (e.g. a search's trial count at this size);
 2. with ``budget_factor`` set, the search baselines (upper estimators with a ``timeout_s`` option) over the seeds,
    each with ``budget_factor`` x the bilevel runs' mean wall clock as its budget: equal compute at factor 1 (paper
    Sec. 3.2). Without it the searches run their configured number of trials in the first multirun (Scenario A,
@@ -108,14 +108,23 @@ def takes_budget(method: str) -> bool:
     return path.exists() and "timeout_s" in OmegaConf.load(path)
 
 
-def multirun_command(comparison: Comparison, method: str, seeds: Sequence[int], runs_dir: Path,
+def multirun_command(comparison: Comparison, methods: Sequence[str], seeds: Sequence[int], runs_dir: Path,
                      extra: Sequence[str] = ()) -> list[str]:
-    """``run.py -m`` of ``method`` over ``seeds`` of ``comparison`` into ``runs_dir/<comparison>/``."""
+    """``run.py -m`` over ``methods`` x ``seeds`` of ``comparison`` into ``runs_dir/<comparison>/``; the methods
+    share their ``method_overrides`` (see :func:`by_overrides`)."""
     experiment = [f"experiment={comparison.experiment}"] if comparison.experiment else []
     return [sys.executable, str(ROOT / "run.py"), "-m", f"task={comparison.task}", *experiment,
-            f"upper_estimator={method}", f"seed={','.join(str(s) for s in seeds)}", *comparison.overrides,
-            *comparison.method_overrides.get(method, []), *extra, "resume=true",
+            f"upper_estimator={','.join(methods)}", f"seed={','.join(str(s) for s in seeds)}", *comparison.overrides,
+            *comparison.method_overrides.get(methods[0], []), *extra, "resume=true",
             f"hydra.sweep.dir={runs_dir / comparison.name}", f"hydra.sweep.subdir={JOB_SUBDIR}"]
+
+
+def by_overrides(comparison: Comparison, methods: Sequence[str]) -> list[list[str]]:
+    """``methods`` grouped by identical ``method_overrides`` (in order): one multirun per group."""
+    groups: dict[tuple[str, ...], list[str]] = {}
+    for method in methods:
+        groups.setdefault(tuple(comparison.method_overrides.get(method, [])), []).append(method)
+    return list(groups.values())
 
 
 def mean_wall_clock(runs_dir: Path, comparison: Comparison, method: str, seeds: Sequence[int]) -> float:
@@ -129,13 +138,14 @@ def mean_wall_clock(runs_dir: Path, comparison: Comparison, method: str, seeds: 
 
 def run_comparison(comparison: Comparison, seeds: Sequence[int], runs_dir: Path, extra: Sequence[str] = (),
                    runner: Callable[[list[str]], None] | None = None) -> None:
-    """The bilevel method and the unbudgeted baselines, then the budgeted searches; one multirun per method."""
+    """The bilevel method and the unbudgeted baselines, then the budgeted searches; one multirun per group of
+    methods with the same ``method_overrides``."""
     runner = runner or (lambda command: subprocess.run(command, cwd=ROOT, check=True))
     budgeted = [m for m in comparison.baselines if comparison.budget_factor and takes_budget(m)]
-    for method in [m for m in comparison.methods if m not in budgeted]:
-        runner(multirun_command(comparison, method, seeds, runs_dir, extra))
+    for group in by_overrides(comparison, [m for m in comparison.methods if m not in budgeted]):
+        runner(multirun_command(comparison, group, seeds, runs_dir, extra))
     if budgeted:
         budget = comparison.budget_factor * mean_wall_clock(runs_dir, comparison, comparison.bilevel, seeds)
-        for method in budgeted:
-            runner(multirun_command(comparison, method, seeds, runs_dir,
+        for group in by_overrides(comparison, budgeted):
+            runner(multirun_command(comparison, group, seeds, runs_dir,
                                     [*extra, f"++upper_estimator.timeout_s={budget:.0f}"]))

