@@ -67,7 +67,7 @@ def test_method_overrides_go_to_their_method_only_and_must_name_a_method(tmp_pat
     run_comparison(comparison, [0], tmp_path, runner=commands.append)
     plain, searches = commands
     assert "upper_estimator=closed_form,weighted_sum" in plain and "upper_estimator.n_trials=3" not in plain
-    assert "upper_estimator=random,bayesian" in searches and "upper_estimator.n_trials=3" in searches
+    assert "upper_estimator=random,bayesian" in searches and "++upper_estimator.n_trials=3" in searches
     with pytest.raises(ConfigError, match="method_overrides names"):
         Comparison(name="a", task="finetune_gaussian", bilevel="closed_form", baselines=[],
                    method_overrides={"bayesian": ["upper_estimator.n_trials=3"]})

@@ -111,11 +111,13 @@ def takes_budget(method: str) -> bool:
 def multirun_command(comparison: Comparison, methods: Sequence[str], seeds: Sequence[int], runs_dir: Path,
                      extra: Sequence[str] = ()) -> list[str]:
     """``run.py -m`` over ``methods`` x ``seeds`` of ``comparison`` into ``runs_dir/<comparison>/``; the methods
-    share their ``method_overrides`` (see :func:`by_overrides`)."""
+    share their ``method_overrides`` (see :func:`by_overrides`), passed as ``++key=value``: Hydra checks a sweep's
+    fixed overrides against the task's default estimator, which may not have the key."""
     experiment = [f"experiment={comparison.experiment}"] if comparison.experiment else []
+    shared = [o if o.startswith(("+", "~")) else f"++{o}" for o in comparison.method_overrides.get(methods[0], [])]
     return [sys.executable, str(ROOT / "run.py"), "-m", f"task={comparison.task}", *experiment,
             f"upper_estimator={','.join(methods)}", f"seed={','.join(str(s) for s in seeds)}", *comparison.overrides,
-            *comparison.method_overrides.get(methods[0], []), *extra, "resume=true",
+            *shared, *extra, "resume=true",
             f"hydra.sweep.dir={runs_dir / comparison.name}", f"hydra.sweep.subdir={JOB_SUBDIR}"]
 
 
