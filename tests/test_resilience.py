@@ -33,8 +33,11 @@ BAD_INPUT = {
     "unknown task": (["task=nope"], "unknown task 'nope'; choose one of: finetune_aesthetic"),
     "unknown option": (["task=finetune_gaussian", "upper_estimator=closed_form,nope"],
                        "unknown upper_estimator 'nope'; choose one of:"),
-    "lambda_min <= 0": (["task=finetune_gaussian", "upper_estimator.lambda_min=0"],
-                        "need 0 < upper_estimator.lambda_min < lambda_max (got 0"),
+    "lambda_init outside the box": (["task=finetune_gaussian", "upper_estimator.lambda_init=1000"],
+                                    "upper_estimator.lambda_init=1000.0 is outside task.lambda_box [0.01, 100.0]"),
+    "weighted_sum lam outside the box": (["task=finetune_gaussian", "upper_estimator=weighted_sum",
+                                          "upper_estimator.lam=1e-5"],
+                                         "upper_estimator.lam=1e-05 is outside task.lambda_box [0.01, 100.0]"),
     "gamma <= 0 (Scenario A)": (["task=finetune_gaussian", "upper_estimator.gamma=-1"],
                                 "upper_estimator.gamma must be > 0"),
     "gamma <= 0 (Scenario B)": (["task=noise_schedule_mnist", "upper_estimator.gamma=0"],
@@ -136,4 +139,4 @@ def test_a_non_finite_lambda_after_a_step_stops_the_loop(tmp_path) -> None:
     flat = RewardPool(torch.zeros(8, dtype=torch.float64), torch.linspace(0, 1, 8, dtype=torch.float64))
     estimator = ClosedFormEstimator(lambda_init=1.0, optimizer="sgd", lr=float("inf"), refresh_every=0)
     with pytest.raises(NumericalFault, match="non-finite lambda at bilevel step 0"):  # inf * zero gradient = NaN
-        estimator.optimise(lambda lam_ref, step: [flat], make_ctx(tmp_path))
+        estimator.optimise(lambda lam_ref, step: [flat], make_ctx(tmp_path), (1e-3, 1e3))

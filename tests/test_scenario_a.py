@@ -20,6 +20,7 @@ from bilevel_diffusion.upper_estimators.closed_form import ClosedFormEstimator, 
 from conftest import read_jsonl
 
 # lambda* = 2 for this tilt; the weights stay well spread for lambda in [1, 4]
+BOX = (1e-3, 1e3)
 ORACLE = GaussianTilt(mean=[0.5, -1.0], cov_diag=[1.0, 0.5], direction=[0.5, 0.5], target=[0.75, -0.875])
 
 
@@ -223,20 +224,21 @@ def test_bilevel_loop_converges_to_lambda_star(tmp_path, mean, cov, direction, t
     estimator = ClosedFormEstimator(lambda_init=init, num_steps=200, lr=lr, param=param, refresh_every=10,
                                     refresh_min_ess=0.1)
     draw = lambda lam_ref, step: [exact_pool(oracle, 20_000, step, lam_ref)]  # noqa: E731
-    trace = estimator.optimise(draw, make_ctx(tmp_path))
+    trace = estimator.optimise(draw, make_ctx(tmp_path), (1e-3, 1e3))
     assert trace.lam == pytest.approx(star, rel=0.05)
     assert all(1e-3 <= lam <= 1e3 for lam in trace.lambdas)
 
 
 def test_projection_keeps_lambda_in_its_box(tmp_path) -> None:
     oracle = GaussianTilt([0.0], [1.0], [1.0], [-1.0])  # guidance only hurts: the optimum is lambda_max
-    estimator = ClosedFormEstimator(lambda_init=1.0, lambda_min=0.1, lambda_max=10.0, num_steps=60, lr=0.3)
-    trace = estimator.optimise(lambda lam_ref, step: [exact_pool(oracle, 5_000, step, lam_ref)], make_ctx(tmp_path))
+    estimator = ClosedFormEstimator(lambda_init=1.0, num_steps=60, lr=0.3)
+    trace = estimator.optimise(lambda lam_ref, step: [exact_pool(oracle, 5_000, step, lam_ref)], make_ctx(tmp_path),
+                               (0.1, 10.0))
     assert trace.lam == pytest.approx(10.0) and oracle.lambda_star(0.1, 10.0) == 10.0
 
 
-@pytest.mark.parametrize("kwargs", [{"lambda_min": 0.0}, {"lambda_min": -1.0}, {"gamma": 0.0}, {"gamma": -2.0},
-                                    {"lambda_init": 1e4}, {"param": "exp"},
+@pytest.mark.parametrize("kwargs", [{"lambda_init": 0.0}, {"min_ess": 1.0}, {"gamma": 0.0}, {"gamma": -2.0},
+                                    {"lambda_init": -1.0}, {"param": "exp"},
                                     {"refresh_min_ess": 1.0}])
 def test_bad_estimator_settings_are_config_errors(kwargs) -> None:
     with pytest.raises(ConfigError):
@@ -246,7 +248,7 @@ def test_bad_estimator_settings_are_config_errors(kwargs) -> None:
 def test_a_stopped_bilevel_loop_resumes_to_the_same_lambdas(tmp_path) -> None:
     estimator = ClosedFormEstimator(num_steps=40, refresh_every=10)
     draw = lambda lam_ref, step: [exact_pool(ORACLE, 2_000, step, lam_ref)]  # noqa: E731
-    straight = estimator.optimise(draw, make_ctx(tmp_path / "straight"), checkpoint_every=5)
+    straight = estimator.optimise(draw, make_ctx(tmp_path / "straight"), BOX, checkpoint_every=5)
 
     def dying(lam_ref, step):
         if step == 20:
@@ -255,10 +257,26 @@ def test_a_stopped_bilevel_loop_resumes_to_the_same_lambdas(tmp_path) -> None:
 
     stopped = tmp_path / "stopped"
     with pytest.raises(RuntimeError):
-        estimator.optimise(dying, make_ctx(stopped), checkpoint_every=5)
+        estimator.optimise(dying, make_ctx(stopped), BOX, checkpoint_every=5)
     resumed_ctx = make_ctx(stopped)
     resumed_ctx.resume = True
-    resumed = estimator.optimise(draw, resumed_ctx, checkpoint_every=5)
+    resumed = estimator.optimise(draw, resumed_ctx, BOX, checkpoint_every=5)
     assert resumed.lambdas == straight.lambdas and resumed.lam == straight.lam and resumed.nfe == straight.nfe
     steps = [row["step"] for row in read_jsonl(stopped / "metrics.jsonl")]
     assert steps == list(range(40)), "no lost and no repeated step"
+
+
+def test_a_collapsed_pool_never_produces_a_step(tmp_path) -> None:
+    """One sample carries all the weight (ESS ~ 1 of 64): with min_ess the loop takes no step on it; without, Adam
+    steps on the noise of a one-sample covariance."""
+    r2 = torch.zeros(64, dtype=torch.float64)
+    r2[0] = 50.0
+    pool = RewardPool(torch.randn(64, generator=torch.Generator().manual_seed(0), dtype=torch.float64), r2)
+    draw = lambda lam_ref, step: [pool]  # noqa: E731
+    careful = ClosedFormEstimator(lambda_init=1.0, num_steps=10, refresh_every=0, min_ess=0.1)
+    trace = careful.optimise(draw, make_ctx(tmp_path / "careful"), BOX)
+    assert trace.lam == 1.0 and set(trace.lambdas) == {1.0} and trace.low_ess_skips == 10
+    rows = read_jsonl(tmp_path / "careful" / "metrics.jsonl")
+    assert all(row["skipped_low_ess"] == 1 and row["ess"] < 6.4 for row in rows)
+    reckless = ClosedFormEstimator(lambda_init=1.0, num_steps=10, refresh_every=0, min_ess=0.0)
+    assert reckless.optimise(draw, make_ctx(tmp_path / "reckless"), BOX).lam != 1.0

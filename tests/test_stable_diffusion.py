@@ -150,3 +150,20 @@ def test_every_scenario_a_estimator_runs_on_stable_diffusion(tiny_dir, tmp_path,
     summary = assert_run_contract(tmp_path / "run", "finetune_synthetic", method)
     assert summary["sampler_nfe"] > 0 and summary["reward_model"] == "SyntheticReward"
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["prompts"] == ["fox", "horse"]
+
+
+def test_finetune_synthetic_takes_no_step_from_a_pool_below_the_ess_threshold(tiny_dir, tmp_path) -> None:
+    from conftest import read_jsonl, run_in_process
+
+    run_dir = tmp_path / "run"
+    code, stderr = run_in_process("task=finetune_synthetic", "model=tiny", f"model.path={tiny_dir}", "experiment=smoke",
+                                  "hardware=cpu", "upper_estimator=closed_form_pool", "upper_estimator.num_steps=6",
+                                  "upper_estimator.min_ess=0.99", "upper_estimator.lambda_init=0.01", "task.log_every=1",
+                                  "task.prompts=[fox]", "task.pool_samples=8", "eval.num_samples=2", "lower_solver.num_steps=2", f"hydra.run.dir={run_dir}")
+    assert code == 0, stderr[-2000:]
+    rows = [row for row in read_jsonl(run_dir / "metrics.jsonl") if "hypergrad" in row]
+    assert len(rows) == 6 and any(row["skipped_low_ess"] for row in rows), rows
+    for row, after in zip(rows, rows[1:]):
+        assert row["skipped_low_ess"] == int(row["ess"] < 0.99 * 8)
+        if row["skipped_low_ess"]:
+            assert after["lambda"] == row["lambda"], "a step was taken from a pool below the ESS threshold"

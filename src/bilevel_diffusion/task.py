@@ -56,7 +56,7 @@ class RewardTask(Task):
     accepts = (ClosedFormEstimator, GridSearch, RandomSearch, BayesianSearch, WeightedSum)
 
     def __init__(self, name: str, lower_solver: GuidedSampler, evaluation: Mapping[str, Any], pool_samples: int = 512,
-                 trial_samples: int = 256, lambda_search: Mapping[str, Any] | None = None, log_every: int = 1,
+                 trial_samples: int = 256, lambda_box: Mapping[str, Any] | None = None, log_every: int = 1,
                  checkpoint_every: int = 0) -> None:
         if min(pool_samples, trial_samples) < 2 or log_every < 1 or checkpoint_every < 0:
             raise ConfigError(f"task needs pool_samples >= 2, trial_samples >= 2, log_every >= 1, "
@@ -65,7 +65,7 @@ class RewardTask(Task):
         super().__init__(name)
         self.sampler, self.evaluation = lower_solver, evaluation
         self.pool_samples, self.trial_samples = int(pool_samples), int(trial_samples)
-        self.lambda_search = dict(lambda_search or {"low": 0.01, "high": 100.0, "log": True})
+        self.lambda_box = dict(lambda_box or {"low": 0.01, "high": 100.0, "log": True})
         self.log_every, self.checkpoint_every = int(log_every), int(checkpoint_every)
 
     def problem_parts(self, ctx: RunContext) -> dict[str, Any]:  # pragma: no cover - abstract
@@ -76,9 +76,10 @@ class RewardTask(Task):
         return {}
 
     def run(self, estimator: UpperEstimator, ctx: RunContext) -> dict[str, Any]:
+        estimator.check_space({"lambda": self.lambda_box})  # before the model, rewards and pools are built
         problem = RewardProblem(name=self.name, sampler=self.sampler, ctx=ctx, evaluation=self.evaluation,
                                 pool_samples=self.pool_samples, trial_samples=self.trial_samples,
-                                lambda_space=self.lambda_search, log_every=self.log_every,
+                                lambda_space=self.lambda_box, log_every=self.log_every,
                                 checkpoint_every=self.checkpoint_every, **self.problem_parts(ctx))
         result = estimator.solve(problem, ctx)
         return {**result, "reference_nfe": problem.reference_nfe, **self.extra_summary(result)}

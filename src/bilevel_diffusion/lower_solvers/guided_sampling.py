@@ -49,10 +49,15 @@ class LinearisedReward:
         return self.value + ((x - self.x_ref) * self.grad).flatten(1).sum(1)
 
 
+#: a backward pass through the network costs about two forward passes
+BACKWARD_COST = 2
+
+
 @dataclass
 class GuidedSamples:
     images: torch.Tensor  # decoded samples, on the CPU
     nfe: int              # network evaluations (forward passes, one per image per step and branch)
+    cost: int = 0         # forward-pass equivalents: a guided pass adds a backward pass (BACKWARD_COST) per step
 
 
 class GuidedSampler:
@@ -113,16 +118,19 @@ class GuidedSampler:
         if lam is not None and not lam > 0:
             raise ConfigError(f"the KL strength lambda must be > 0 (got {lam})")
         scheduler = self.scheduler(betas)
-        chunks, nfe = [], 0
+        chunks, nfe, cost = [], 0, 0
         for start in range(0, noise.shape[0], self.batch_size):
             x_T = noise[start:start + self.batch_size].to(device)
             rounds = self.relinearize_rounds if reward is not None and lam is not None else 0
             x0 = self._ddim(eps_fn, scheduler, x_T, reward if rounds == 0 else None, lam, decode, betas)
             for _ in range(rounds):
                 x0 = self._ddim(eps_fn, scheduler, x_T, LinearisedReward(reward, decode(x0)), lam, decode, betas)
-            nfe += x_T.shape[0] * len(scheduler.timesteps) * (rounds + 1) * nfe_per_sample
+            per_pass = x_T.shape[0] * len(scheduler.timesteps) * nfe_per_sample
+            guided_passes = (rounds or 1) if reward is not None and lam is not None else 0
+            nfe += per_pass * (rounds + 1)
+            cost += per_pass * (rounds + 1 + BACKWARD_COST * guided_passes)
             chunks.append(decode(x0).detach().cpu())
-        return GuidedSamples(torch.cat(chunks), nfe)
+        return GuidedSamples(torch.cat(chunks), nfe, cost)
 
     def _ddim(self, eps_fn: EpsFn, scheduler: Scheduler, x: torch.Tensor, reward: Reward | None,
               lam: float | None, decode: Callable[[torch.Tensor], torch.Tensor], betas: torch.Tensor) -> torch.Tensor:

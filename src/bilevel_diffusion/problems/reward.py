@@ -11,8 +11,10 @@ metric and the guided sampler (``lower_solver=guided_sampling``, paper Alg. 5); 
   fixed noise (``eval.num_samples``, ``eval.seed``) for every prompt, scored by r1, r2 and ``fid_vs_pretrained``
   (drift from the pre-trained samples on the same noise), averaged over prompts; ``objective = -r1``.
 
-``sampler_nfe`` = ``method_nfe`` (what the method spent choosing lambda) + the reported evaluation's NFEs; the
-pre-trained reference samples for the drift are counted apart (``reference_nfe``). A NaN/Inf mean reward in the
+``sampler_nfe`` = ``method_nfe`` (what the method spent choosing lambda) + the reported evaluation's NFEs;
+``sampler_cost`` is the same in forward-pass equivalents (a guided step also back-propagates through the network,
+counted as two forward passes); the pre-trained reference samples for the drift are counted apart
+(``reference_nfe``). A NaN/Inf mean reward in the
 reported evaluation stops the run (exit 3).
 """
 
@@ -32,8 +34,8 @@ from bilevel_diffusion.reporting.reward_figures import plot_rewards_vs_lambda, p
 from bilevel_diffusion.runtime import RunContext
 from bilevel_diffusion.sampling.ddim import EpsFn, Reward
 
-#: the pool of one prompt: (r1 values, r2 values, sampler NFEs spent on it)
-PoolRewards = tuple[torch.Tensor, torch.Tensor, int]
+#: the pool of one prompt: (r1 values, r2 values, sampler NFEs spent on it, the same in forward-pass equivalents)
+PoolRewards = tuple[torch.Tensor, torch.Tensor, int, int]
 
 
 def noise(num: int, seed: int, shape: tuple[int, ...]) -> torch.Tensor:
@@ -80,7 +82,8 @@ class RewardProblem:
         out = self.sampler.sample(eps_fn, self.betas, distributed.shard(noise_), reward, lam,
                                   nfe_per_sample=self.nfe_per_sample, device=self.ctx.device, **decode)
         nfe = int(distributed.sum_scalar(out.nfe, self.ctx.device))
-        return replace(out, images=distributed.gather(out.images), nfe=nfe)
+        cost = int(distributed.sum_scalar(out.cost, self.ctx.device))
+        return replace(out, images=distributed.gather(out.images), nfe=nfe, cost=cost)
 
     def draw_pools(self, lam_ref: float | None, step: int) -> list[PoolRewards]:
         """Per prompt, the rewards of ``pool_samples`` samples from ``p_pre`` (``lam_ref=None``: one shared
@@ -92,8 +95,9 @@ class RewardProblem:
             r2 = self.r2(prompt)
             out = shared if shared is not None else self.sample(pool_noise, r2, lam_ref, prompt)
             with torch.no_grad():
+                counted = shared is None or not pools  # a shared pre-trained run is paid for once
                 pools.append((self.r1(prompt)(out.images).double(), r2(out.images).double(),
-                              0 if shared is not None and pools else out.nfe))
+                              out.nfe if counted else 0, out.cost if counted else 0))
         return pools
 
     def _noise_set(self, kind: str) -> torch.Tensor:
@@ -117,11 +121,12 @@ class RewardProblem:
         """Guided samples at ``lam`` for every prompt, scored by r1, r2 and the drift; averaged over prompts."""
         reward = reward or self.r2
         noise_ = self._noise_set(kind)
-        rows, nfe, shown = [], 0, []
+        rows, nfe, cost, shown = [], 0, 0, []
         for prompt in self.prompts:
             reference = self._reference(kind, prompt)
             out = self.sample(noise_, reward(prompt), lam, prompt)
             nfe += out.nfe
+            cost += out.cost
             with torch.no_grad():
                 rows.append((float(self.r1(prompt)(out.images).mean()), float(self.r2(prompt)(out.images).mean()),
                              self.drift(out.images, reference)))
@@ -129,18 +134,20 @@ class RewardProblem:
         if save_as is not None:
             self._save_samples(save_as, shown, reference[:self.grid_size], lam)
         r1, r2, drift = (sum(col) / len(rows) for col in zip(*rows))
-        return {"objective": -r1, "lambda": lam, "r1": r1, "r2": r2, "fid_vs_pretrained": drift, "sampler_nfe": nfe}
+        return {"objective": -r1, "lambda": lam, "r1": r1, "r2": r2, "fid_vs_pretrained": drift, "sampler_nfe": nfe,
+                "sampler_cost": cost}
 
-    def report(self, lam: float, method_nfe: int, step: int,
-               reward: Callable[[Any], Reward] | None = None) -> dict[str, Any]:
-        """The reported evaluation at the chosen ``lam`` (the same noise for every method), logged at ``step``."""
+    def report(self, lam: float, method_nfe: int, step: int, reward: Callable[[Any], Reward] | None = None,
+               method_cost: int = 0) -> dict[str, Any]:
+        """The reported evaluation at the chosen ``lam`` (the same noise for every method), logged at ``step``;
+        ``method_nfe`` / ``method_cost``: what the method spent choosing ``lam``."""
         result = self.evaluate(lam, "eval", reward, save_as="samples")
         for name in ("r1", "r2"):
             if not math.isfinite(result[name]):
                 raise NumericalFault(f"non-finite reward {name} in the reported evaluation at step {step} "
                                      f"(lambda={lam:.4g})")
-        result.update(method_nfe=method_nfe, sampler_nfe=method_nfe + result["sampler_nfe"],
-                      eval_num_samples=self.num_eval)
+        result.update(method_nfe=method_nfe, sampler_nfe=method_nfe + result["sampler_nfe"], method_cost=method_cost,
+                      sampler_cost=method_cost + result["sampler_cost"], eval_num_samples=self.num_eval)
         self.ctx.recorder.log(step, **result)
         return result
 
@@ -165,7 +172,9 @@ class RewardProblem:
         self.figure("rewards_vs_lambda", plot_rewards_vs_lambda(
             [t.params["lambda"] for t in trials], [t.result["r1"] for t in trials], [t.result["r2"] for t in trials],
             found.best_params["lambda"], self.ctx.run_dir / "rewards_vs_lambda.png", self.name, "search trials"))
-        return {**self.report(found.best_params["lambda"], found.sampler_nfe, len(trials)), "trials": len(trials)}
+        cost = sum(int(t.result.get("sampler_cost", 0)) for t in trials)
+        return {**self.report(found.best_params["lambda"], found.sampler_nfe, len(trials), method_cost=cost),
+                "trials": len(trials)}
 
     # -- figures ----------------------------------------------------------------------------------------------
     def figure(self, name: str, path) -> None:

@@ -105,6 +105,7 @@ class ScheduleProblem:
             self.ctx.recorder.log(step, fid=sample_report.fid, inception_score=sample_report.inception_score)
         return {"objective": sample_report.fid, "fid": sample_report.fid, "is": sample_report.inception_score,
                 "is_std": sample_report.inception_score_std, "sampler_nfe": sample_report.sampler_nfe,
+                "sampler_cost": sample_report.sampler_nfe,  # unguided DDIM: one forward pass per network evaluation
                 "fid_features": self.quality.label, "eval_num_samples": self.evaluation["num_samples"],
                 "schedule": {"name": schedule.name, **schedule.as_dict()}}
 
@@ -132,7 +133,7 @@ class ScheduleProblem:
         schedule = self.with_params(params)
         solver = self.train(schedule, desc="trial: score matching")
         result = self.report(solver.ema_model(), schedule, None, grid_name=_trial_grid_name(params))
-        return {**{key: result[key] for key in ("objective", "fid", "is", "is_std", "sampler_nfe")},
+        return {**{key: result[key] for key in ("objective", "fid", "is", "is_std", "sampler_nfe", "sampler_cost")},
                 "train_steps": solver.num_steps}
 
     def report_search(self, found: Any) -> dict[str, Any]:
@@ -143,7 +144,7 @@ class ScheduleProblem:
         ctx.recorder.log(len(found.trials), fid=best["fid"], inception_score=best["is"],
                          best_trial=next(t.index for t in found.trials if t.result is best))
         return {"objective": found.best_value, "fid": best["fid"], "is": best["is"], "is_std": best["is_std"],
-                "sampler_nfe": found.sampler_nfe, "fid_features": self.quality.label,
+                "sampler_nfe": found.sampler_nfe, "sampler_cost": found.sampler_nfe, "fid_features": self.quality.label,
                 "eval_num_samples": self.evaluation["num_samples"],
                 "schedule": {"name": self.schedule.name, **found.best_params}, "trainings_used": len(found.trials),
                 "train_steps": sum(int(t.result.get("train_steps", 0)) for t in found.trials)}

@@ -7,7 +7,7 @@ r1(x) = -|x - c|^2 / 2 (``target``). Then p_lambda = N(mean + Sigma a / lambda, 
     dF/dlambda = -(m_lambda - c).Sigma a / lambda^2 = Cov_{p_lambda}(r1, r2) / lambda^2,
 
 so F is unimodal in 1/lambda with minimiser 1/lambda* = (c - mean).Sigma a / |Sigma a|^2; ``lambda_star`` in
-``summary.json`` is that value projected onto the task's lambda range ``lambda_search`` (its upper end when
+``summary.json`` is that value projected onto the task's ``lambda_box`` (its upper end when
 (c - mean).Sigma a <= 0: then guidance only hurts).
 
 How well N samples can locate lambda* at all: the Monte Carlo hyper-gradient in u = 1/lambda is the sample
@@ -100,7 +100,7 @@ class FinetuneGaussian(RewardTask):
                 "drift": frechet_distance}
 
     def extra_summary(self, result: Mapping[str, Any]) -> dict[str, Any]:
-        lam, bounds = result["lambda"], (float(self.lambda_search["low"]), float(self.lambda_search["high"]))
+        lam, bounds = result["lambda"], (float(self.lambda_box["low"]), float(self.lambda_box["high"]))
         star = self.oracle.lambda_star(*bounds)
         rel_sd = self.oracle.lambda_star_rel_sd(star, self.pool_samples)
         if rel_sd > 0.025 and bounds[0] < star < bounds[1]:

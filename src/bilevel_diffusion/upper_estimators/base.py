@@ -9,6 +9,7 @@ by the task (``Task.accepts``) and checked before any work. See ``docs/design.md
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from bilevel_diffusion.runtime import RunContext
@@ -26,6 +27,10 @@ class UpperEstimator:
     def solve(self, problem: Any, ctx: RunContext) -> dict[str, Any]:  # pragma: no cover - abstract
         """Run the method on ``problem``; returns the result keys of ``summary.json``."""
         raise NotImplementedError
+
+    def check_space(self, space: Mapping[str, Mapping[str, Any]]) -> None:
+        """Called by the task with the space of hyper-parameters its problem will have, before any work: settings of
+        the estimator that must lie in it are checked here (``ConfigError``)."""
 
     def check_problem(self, problem: Any) -> None:
         """A problem this estimator cannot solve is a programming error of the task (tasks declare ``accepts``)."""

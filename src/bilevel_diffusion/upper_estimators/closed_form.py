@@ -1,6 +1,6 @@
 """``upper_estimator=closed_form``: the sample-efficient hyper-gradient of Scenario A (paper Alg. 2, Eq. 13).
 
-Problem (``docs/method.md``, Scenario A): ``min_{lambda >= lambda_min} F(lambda) = -E_{p_lambda}[r1]`` with
+Problem (``docs/method.md``, Scenario A): ``min_{lambda in the box} F(lambda) = -E_{p_lambda}[r1]`` with
 ``p_lambda ∝ p_pre exp(r2 / lambda)``. Derivation of the exact gradient: ``d/dlambda log p_lambda(u) =
 -r2(u)/lambda^2 + E_{p_lambda}[r2]/lambda^2``, hence
 
@@ -23,7 +23,9 @@ normalising constants cancel in the KL difference.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+import logging
+import warnings
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,6 +38,8 @@ from bilevel_diffusion.reporting.reward_figures import plot_lambda_trace, plot_r
 from bilevel_diffusion.runtime import RunContext
 from bilevel_diffusion.upper_estimators.base import UpperEstimator
 
+log = logging.getLogger(__name__)
+
 
 @dataclass
 class RewardPool:
@@ -45,11 +49,12 @@ class RewardPool:
     r2: torch.Tensor
     lam_ref: float | None = None
     nfe: int = 0          # sampler network evaluations spent drawing this pool
+    cost: int = 0         # the same in forward-pass equivalents (a guided step's backward pass counts 2)
 
     def finite(self) -> RewardPool:
         """The samples whose r1 and r2 are both finite."""
         keep = torch.isfinite(self.r1) & torch.isfinite(self.r2)
-        return RewardPool(self.r1[keep], self.r2[keep], self.lam_ref, self.nfe)
+        return RewardPool(self.r1[keep], self.r2[keep], self.lam_ref, self.nfe, self.cost)
 
     def log_proposal(self) -> torch.Tensor:
         """log of the proposal density relative to p_pre, up to a constant."""
@@ -96,6 +101,8 @@ class BilevelTrace:
     grads: list[float] = field(default_factory=list)
     ess: list[float] = field(default_factory=list)
     nfe: int = 0          # summed over every pool drawn
+    cost: int = 0         # the same in forward-pass equivalents
+    low_ess_skips: int = 0  # steps not taken: the pool's weights at lambda had too small an effective sample size
     pools: list[RewardPool] = field(default_factory=list)  # the last pools (for plots of E_{p_lambda}[r])
 
 
@@ -104,9 +111,11 @@ class ClosedFormEstimator(UpperEstimator):
 
     ``param=log`` steps on ``theta = log lambda`` (gradient ``lambda dF/dlambda``; scale-free), ``param=linear`` on
     lambda itself. The optimiser is torch's Adam or SGD with a cosine-annealed step size; after each step lambda is
-    projected onto ``[lambda_min, lambda_max]``. ``refresh_every = k > 0`` redraws the pool from the guided sampler
-    at the current lambda every k steps (importance samples from p_lambda); ``refresh_min_ess = f > 0`` also
-    redraws it whenever the effective sample size of the weights falls below ``f N``.
+    projected onto the task's lambda box (``task.lambda_box``, the box of every method). ``refresh_every = k > 0``
+    redraws the pool from the guided sampler at the current lambda every k steps (importance samples from p_lambda);
+    ``refresh_min_ess = f > 0`` also redraws it whenever the effective sample size (ESS) of the weights falls below
+    ``f N``. ``min_ess = m``: a step whose pool has an ESS below ``m N`` at the current lambda is not taken (logged
+    as ``skipped_low_ess``): with a collapsed pool the hyper-gradient is noise, and Adam would step on it anyway.
 
     Numerical faults: a NaN/Inf reward in a pool, hyper-gradient or lambda raises :class:`NumericalFault` naming the
     step and the quantity before lambda or the checkpoint change (``on_nonfinite=stop``); ``on_nonfinite=skip``
@@ -115,46 +124,60 @@ class ClosedFormEstimator(UpperEstimator):
 
     problem_type = RewardProblem
 
-    def __init__(self, name: str = "closed_form", lambda_init: float = 5.0, lambda_min: float = 1e-3,
-                 lambda_max: float = 1e3, gamma: float | None = None, num_steps: int = 100, lr: float = 0.1,
-                 optimizer: str = "adam", param: str = "log", refresh_every: int = 10,
-                 refresh_min_ess: float = 0.0, final_lr_fraction: float = 0.01, on_nonfinite: str = "stop") -> None:
-        if not 0 < lambda_min < lambda_max:
-            raise ConfigError(f"need 0 < upper_estimator.lambda_min < lambda_max (got {lambda_min}, {lambda_max})")
-        if not lambda_min <= lambda_init <= lambda_max:
-            raise ConfigError(f"upper_estimator.lambda_init={lambda_init} is outside [{lambda_min}, {lambda_max}]")
+    def __init__(self, name: str = "closed_form", lambda_init: float = 5.0, gamma: float | None = None,
+                 num_steps: int = 100, lr: float = 0.1, optimizer: str = "adam", param: str = "log",
+                 refresh_every: int = 10, refresh_min_ess: float = 0.0, min_ess: float = 0.1,
+                 final_lr_fraction: float = 0.01, on_nonfinite: str = "stop") -> None:
+        if not lambda_init > 0:
+            raise ConfigError(f"upper_estimator.lambda_init must be > 0 (got {lambda_init})")
         if gamma is not None and gamma <= 0:
             raise ConfigError(f"upper_estimator.gamma must be > 0, or null for the gamma -> inf limit (got {gamma})")
         if optimizer not in ("adam", "sgd") or param not in ("log", "linear"):
             raise ConfigError(f"upper_estimator.optimizer must be adam|sgd and param log|linear "
                               f"(got {optimizer!r}, {param!r})")
-        if num_steps < 1 or lr <= 0 or refresh_every < 0 or not 0 <= refresh_min_ess < 1:
-            raise ConfigError("upper_estimator needs num_steps >= 1, lr > 0, refresh_every >= 0 and "
-                              "0 <= refresh_min_ess < 1")
+        if num_steps < 1 or lr <= 0 or refresh_every < 0 or not 0 <= refresh_min_ess < 1 or not 0 <= min_ess < 1:
+            raise ConfigError("upper_estimator needs num_steps >= 1, lr > 0, refresh_every >= 0, "
+                              "0 <= refresh_min_ess < 1 and 0 <= min_ess < 1")
         super().__init__(name)
-        self.lambda_init, self.lambda_min, self.lambda_max = lambda_init, lambda_min, lambda_max
+        self.lambda_init, self.min_ess = float(lambda_init), float(min_ess)
         self.gamma, self.num_steps, self.lr, self.optimizer, self.param = gamma, num_steps, lr, optimizer, param
         self.refresh_every, self.refresh_min_ess, self.final_lr_fraction = (refresh_every, refresh_min_ess,
                                                                            final_lr_fraction)
         self.on_nonfinite = check_policy(on_nonfinite, "upper_estimator.on_nonfinite")
 
+    def check_space(self, space: Mapping[str, Mapping[str, Any]]) -> None:
+        """``lambda_init`` must lie in the task's lambda box."""
+        low, high = float(space["lambda"]["low"]), float(space["lambda"]["high"])
+        if not 0 < low < high:
+            raise ConfigError(f"task.lambda_box needs 0 < low < high (got {low}, {high})")
+        if not low <= self.lambda_init <= high:
+            raise ConfigError(f"upper_estimator.lambda_init={self.lambda_init} is outside task.lambda_box "
+                              f"[{low}, {high}]")
+
     def solve(self, problem: RewardProblem, ctx: RunContext) -> dict[str, Any]:
         """Paper Alg. 2 on ``problem``: the lambda loop on its reward pools, then its reported evaluation."""
         self.check_problem(problem)
+        self.check_space(problem.search_space())
+        box = (float(problem.lambda_space["low"]), float(problem.lambda_space["high"]))
 
         def draw(lam_ref: float | None, step: int) -> list[RewardPool]:
-            return [RewardPool(r1, r2, lam_ref, nfe) for r1, r2, nfe in problem.draw_pools(lam_ref, step)]
+            return [RewardPool(r1, r2, lam_ref, nfe, cost) for r1, r2, nfe, cost in problem.draw_pools(lam_ref, step)]
 
-        trace = self.optimise(draw, ctx, problem.log_every, problem.checkpoint_every)
+        trace = self.optimise(draw, ctx, box, problem.log_every, problem.checkpoint_every)
+        if trace.low_ess_skips:
+            log.warning("%d of %d lambda steps were not taken: the pool's effective sample size at lambda fell below "
+                        "upper_estimator.min_ess = %g of the pool (refresh it: upper_estimator=closed_form)",
+                        trace.low_ess_skips, self.num_steps, self.min_ess)
         problem.figure("lambda_trace", plot_lambda_trace(trace.lambdas, ctx.run_dir / "lambda_trace.png",
                                                          problem.name))
-        lams = torch.logspace(math.log10(self.lambda_min), math.log10(self.lambda_max), 60).tolist()
+        lams = torch.logspace(math.log10(box[0]), math.log10(box[1]), 60).tolist()
         curves = [[sum(float((tilt_weights(p.r2, lam, p) * getattr(p, key)).sum()) for p in trace.pools)
                    / len(trace.pools) for lam in lams] for key in ("r1", "r2")]
         problem.figure("rewards_vs_lambda", plot_rewards_vs_lambda(
             lams, curves[0], curves[1], trace.lam, ctx.run_dir / "rewards_vs_lambda.png", problem.name,
             "importance-weighted pool"))
-        return {**problem.report(trace.lam, trace.nfe, len(trace.lambdas)), "bilevel_steps": len(trace.lambdas)}
+        return {**problem.report(trace.lam, trace.nfe, len(trace.lambdas), method_cost=trace.cost),
+                "bilevel_steps": len(trace.lambdas), "low_ess_skips": trace.low_ess_skips}
 
     def _fault(self, quantity: str, step: int) -> None:
         """A non-finite ``quantity``: raise (``on_nonfinite=stop``) or return, and the caller skips it."""
@@ -186,9 +209,9 @@ class ClosedFormEstimator(UpperEstimator):
         return float(theta.detach().exp()) if self.param == "log" else float(theta.detach())
 
     def optimise(self, draw: Callable[[float | None, int], Sequence[RewardPool]], ctx: RunContext,
-                 log_every: int = 1, checkpoint_every: int = 0) -> BilevelTrace:
-        """Run the loop; ``draw(lam_ref, step)`` returns one pool per prompt (``lam_ref=None``: pre-trained
-        samples; ``step``: the bilevel step, for seeding).
+                 box: tuple[float, float], log_every: int = 1, checkpoint_every: int = 0) -> BilevelTrace:
+        """Run the loop in the lambda box ``(low, high)``; ``draw(lam_ref, step)`` returns one pool per prompt
+        (``lam_ref=None``: pre-trained samples; ``step``: the bilevel step, for seeding).
 
         With several prompts lambda is shared and F is their average, so the gradient is the average too.
         ``checkpoint_every = k > 0`` saves the loop (lambda, optimiser, pools, trace) to ``ctx.checkpoint_path``
@@ -202,8 +225,7 @@ class ClosedFormEstimator(UpperEstimator):
                  else torch.optim.SGD([theta], lr=self.lr))
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optim, T_max=self.num_steps,
                                                               eta_min=self.lr * self.final_lr_fraction)
-        bounds = ((math.log(self.lambda_min), math.log(self.lambda_max)) if self.param == "log"
-                  else (self.lambda_min, self.lambda_max))
+        bounds = (math.log(box[0]), math.log(box[1])) if self.param == "log" else box
         start = 0
         if ctx.resume and ctx.checkpoint_path.exists():
             state = load_checkpoint(ctx.checkpoint_path)
@@ -215,22 +237,28 @@ class ClosedFormEstimator(UpperEstimator):
             ctx.recorder.resume_from(start - 1, state["wall_clock_s"])
         else:
             pools = self._checked(draw(None, 0), 0)
-            trace = BilevelTrace(self.lambda_init, nfe=sum(p.nfe for p in pools))
+            trace = BilevelTrace(self.lambda_init, nfe=sum(p.nfe for p in pools), cost=sum(p.cost for p in pools))
         for step in range(start, self.num_steps):
             lam = self._to_lambda(theta)
             if self._refresh_due(step, pools, lam):
                 pools = self._checked(draw(lam, step), step)
                 trace.nfe += sum(p.nfe for p in pools)
+                trace.cost += sum(p.cost for p in pools)
             estimates = [hypergradient(pool, lam, self.gamma) for pool in pools]
             grad = sum(e.grad for e in estimates) / len(estimates)
             ess = min(e.ess for e in estimates)
+            low_ess = any(e.ess < self.min_ess * pool.r2.shape[0] for e, pool in zip(estimates, pools))
             previous = theta.detach().clone()
             theta.grad = torch.tensor(grad * lam if self.param == "log" else grad, dtype=torch.float64)
-            if math.isfinite(grad):
+            if low_ess:
+                trace.low_ess_skips += 1
+            elif math.isfinite(grad):
                 optim.step()
             else:
                 self._fault(f"hyper-gradient (lambda={lam:.4g})", step)
-            schedule.step()
+            with warnings.catch_warnings():  # a skipped first step: the schedule still counts it
+                warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()`")
+                schedule.step()
             with torch.no_grad():
                 theta.clamp_(*bounds)
                 if not math.isfinite(self._to_lambda(theta)):
@@ -241,7 +269,8 @@ class ClosedFormEstimator(UpperEstimator):
             trace.ess.append(ess)
             if step % log_every == 0 or step + 1 == self.num_steps:
                 ctx.recorder.log(step, **{"lambda": lam, "hypergrad": grad, "ess": ess,
-                                          "objective_mc": sum(e.objective for e in estimates) / len(estimates)})
+                                          "objective_mc": sum(e.objective for e in estimates) / len(estimates),
+                                          "skipped_low_ess": int(low_ess)})
             if checkpoint_every and ((step + 1) % checkpoint_every == 0 or step + 1 == self.num_steps):
                 save_checkpoint({"theta": theta.detach(), "optim": optim.state_dict(),
                                  "schedule": schedule.state_dict(), "pools": pools, "trace": trace,

@@ -109,6 +109,9 @@ class SearchEstimator(UpperEstimator):
         super().__init__(name)
         self.n_trials, self.timeout_s, self.seed = n_trials, timeout_s, int(seed)
 
+    def check_space(self, space: SearchSpace) -> None:
+        check_space(space)
+
     def solve(self, problem: RewardProblem | ScheduleProblem, ctx: RunContext) -> dict[str, Any]:
         """Search the problem's space with its trial evaluation; the problem reports the chosen point."""
         self.check_problem(problem)

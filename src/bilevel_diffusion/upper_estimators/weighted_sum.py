@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from bilevel_diffusion.errors import ConfigError
@@ -21,6 +22,12 @@ class WeightedSum(UpperEstimator):
             raise ConfigError(f"upper_estimator=weighted_sum needs lam > 0 and weight >= 0 (got {lam}, {weight})")
         super().__init__(name)
         self.weight, self.lam = float(weight), float(lam)
+
+    def check_space(self, space: Mapping[str, Mapping[str, Any]]) -> None:
+        """``lam`` must lie in the task's lambda box."""
+        low, high = float(space["lambda"]["low"]), float(space["lambda"]["high"])
+        if not low <= self.lam <= high:
+            raise ConfigError(f"upper_estimator.lam={self.lam} is outside task.lambda_box [{low}, {high}]")
 
     def solve(self, problem: RewardProblem, ctx: RunContext) -> dict[str, Any]:
         """The reported evaluation at ``lam``, guided by the weighted reward."""

@@ -78,6 +78,7 @@ class ZerothOrderEstimator(UpperEstimator):
         result = problem.report(loop.solver.ema_model(), problem.schedule, loop.solver.num_steps)
         report_nfe = result["sampler_nfe"]
         return {**result, "report_nfe": report_nfe, "sampler_nfe": report_nfe + loop.objective_nfe,
+                "sampler_cost": report_nfe + loop.objective_nfe,  # unguided DDIM only
                 "objective_nfe": loop.objective_nfe, "trainings_used": 1, "train_steps": loop.solver.num_steps,
                 "train_steps_z": loop.bilevel_outer, "theta_z_minus_theta_y": loop.theta_distance()}
 
