@@ -52,6 +52,35 @@ def run_in_process(*args: str) -> tuple[int, str]:
     return code, stderr.getvalue()
 
 
+def wandb_records(path: Path) -> list:
+    """The records of an offline W&B run file (``run-<id>.wandb``): a LevelDB-style log (7-byte file header, 32 KiB
+    blocks, each record a 7-byte header of crc32, length and type, then a protobuf ``Record``)."""
+    from wandb.proto import wandb_internal_pb2
+
+    data, pos, block, parts, payloads = Path(path).read_bytes(), 7, 32768, b"", []
+    while pos + 7 <= len(data):
+        left = block - pos % block
+        length, kind = int.from_bytes(data[pos + 4:pos + 6], "little"), data[pos + 6]
+        if left < 7 or kind == 0:  # block trailer or padding
+            pos += left
+            continue
+        payload, pos = data[pos + 7:pos + 7 + length], pos + 7 + length
+        if kind in (1, 4):  # full, last
+            payloads.append(parts + payload if kind == 4 else payload)
+        parts = payload if kind == 2 else parts + payload if kind == 3 else b""
+    return [wandb_internal_pb2.Record.FromString(payload) for payload in payloads]
+
+
+def wandb_history(path: Path) -> dict[int, dict[str, str]]:
+    """``{step: {key: value as JSON text}}`` of the history rows W&B kept for an offline run."""
+    rows: dict[int, dict[str, str]] = {}
+    for record in wandb_records(path):
+        if record.HasField("history"):
+            items = {item.key or "/".join(item.nested_key): item.value_json for item in record.history.item}
+            rows.setdefault(int(record.history.step.num), {}).update(items)
+    return rows
+
+
 def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line]
 

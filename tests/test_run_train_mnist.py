@@ -8,7 +8,9 @@ import subprocess
 import sys
 import time
 
-from conftest import ROOT, assert_run_contract, read_jsonl, run_cli
+import pytest
+
+from conftest import ROOT, assert_run_contract, read_jsonl, run_cli, wandb_history, wandb_records
 
 
 def test_smoke_run_writes_the_run_contract(tmp_path, smoke_args) -> None:
@@ -71,6 +73,18 @@ def test_multirun_sweep_logs_one_wandb_run_per_job(tmp_path, smoke_args) -> None
         runs = list((tmp_path / job / "wandb").glob("offline-run-*"))
         ids.append((tmp_path / job / "wandb_id.txt").read_text())
         assert len(runs) == 1 and (runs[0] / f"run-{ids[-1]}.wandb").is_file()
+        records = wandb_records(runs[0] / f"run-{ids[-1]}.wandb")
+        history = wandb_history(runs[0] / f"run-{ids[-1]}.wandb")
+        expected: dict[int, dict] = {}  # W&B has one row per step: rows logged at one step merge, the later wins
+        for row in read_jsonl(tmp_path / job / "metrics.jsonl"):
+            expected.setdefault(row.pop("step"), {}).update(row)
+        assert "fid" in expected[max(expected)]
+        for step, row in expected.items():  # every row, the final FID one included
+            kept = history.get(step, {})
+            assert all(k in kept and json.loads(kept[k]) == pytest.approx(v) for k, v in row.items()), (row, kept)
+        assert "samples/path" in history[max(history)], "the sample grid is an image of the last step"
+        groups = {r.run.run_group for r in records if r.HasField("run")}
+        assert groups == {tmp_path.name}, "the jobs of a sweep are one W&B group"
     assert ids[0] != ids[1]
 
 

@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -68,8 +69,11 @@ def run_job(cfg: DictConfig, config_dir: Path) -> float:
     task = instantiate(cfg.task)
     exit_code, main_rank = 1, distributed.is_main()
     with _writable_dir(run_dir) as own_dir:
+        hydra_cfg = HydraConfig.get()
+        sweep = Path(hydra_cfg.sweep.dir).name if hydra_cfg.mode == RunMode.MULTIRUN else None
         recorder = Recorder(own_dir, cfg, cfg.logger if main_rank else None,
-                            job_name=f"{task.name}-{cfg.upper_estimator.name}-s{cfg.seed}")
+                            job_name=f"{task.name}-{cfg.upper_estimator.name}-s{cfg.seed}",
+                            group=sweep)  # the jobs of a sweep are one W&B group unless logger.group names one
         ctx = RunContext(run_dir=own_dir, cache_dir=Path(cfg.paths.cache_dir), device=device, dtype=dtype,
                          seed=int(cfg.seed), resume=bool(cfg.resume), recorder=recorder, shared_dir=run_dir)
         try:

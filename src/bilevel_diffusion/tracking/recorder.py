@@ -29,18 +29,19 @@ class Recorder:
     """Writes one job's metrics and results; one W&B run per job, finished by :meth:`close`."""
 
     def __init__(self, run_dir: str | Path, cfg: DictConfig, logger: DictConfig | None = None,
-                 job_name: str = "run") -> None:
+                 job_name: str = "run", group: str | None = None) -> None:
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.metrics_path = self.run_dir / "metrics.jsonl"
         self.elapsed_before = 0.0
+        self._step = 0  # the last logged step: W&B drops a row whose step is below one it has seen
         self._t0 = time.perf_counter()
         (self.run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
         self._wandb = None
         if logger is not None and logger.get("backend", "none") == "wandb":
-            self._wandb = self._start_wandb(cfg, logger, job_name)
+            self._wandb = self._start_wandb(cfg, logger, job_name, logger.get("group") or group)
 
-    def _start_wandb(self, cfg: DictConfig, logger: DictConfig, job_name: str):
+    def _start_wandb(self, cfg: DictConfig, logger: DictConfig, job_name: str, group: str | None):
         import wandb
 
         id_file = self.run_dir / "wandb_id.txt"
@@ -48,7 +49,7 @@ class Recorder:
         id_file.write_text(run_id)
         return wandb.init(project=logger.project, entity=logger.get("entity"), mode=logger.mode,
                           dir=str(self.run_dir), name=job_name, id=run_id, resume="allow",
-                          tags=list(logger.get("tags") or []), group=logger.get("group"),
+                          tags=list(logger.get("tags") or []), group=group,
                           config=OmegaConf.to_container(cfg, resolve=True), reinit="create_new")
 
     # -- time -------------------------------------------------------------------------------------------
@@ -72,6 +73,7 @@ class Recorder:
         row.update({k: _plain(v) for k, v in metrics.items()})
         with self.metrics_path.open("a") as handle:
             handle.write(json.dumps(row, allow_nan=True) + "\n")
+        self._step = max(self._step, int(step))
         if self._wandb is not None:
             self._wandb.log({k: v for k, v in row.items() if k != "step"}, step=int(step))
         return row
@@ -85,11 +87,12 @@ class Recorder:
         return path
 
     def log_file_image(self, name: str, path: Path) -> None:
-        """Send an already written PNG (a plot, a grid) to W&B."""
+        """Send an already written PNG (a plot, a grid) to W&B, at the last logged step (an image without a step would
+        advance W&B's step counter, and W&B would then drop the next row logged at the current step)."""
         if self._wandb is not None:
             import wandb
 
-            self._wandb.log({name: wandb.Image(str(path))})
+            self._wandb.log({name: wandb.Image(str(path))}, step=self._step)
 
     def write_summary(self, summary: dict[str, Any]) -> dict[str, Any]:
         """``summary.json``: the job's final result (README)."""
