@@ -60,3 +60,17 @@ def test_a_preset_that_matches_no_experiment_or_task_is_an_error(tmp_path) -> No
     (tmp_path / "configs" / "task_preset" / "smok" / "finetune_mnist.yaml").write_text("task: {}\n")
     with pytest.raises(ConfigError, match="experiment='smok'"):
         check_overrides([], tmp_path / "configs")
+
+
+def test_help_lists_every_task_estimator_solver_and_reward_and_no_internal_group() -> None:
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    text = subprocess.run([sys.executable, str(ROOT / "run.py"), "--help"], capture_output=True, text=True,
+                          cwd=ROOT, timeout=120).stdout
+    for group in ("task", "upper_estimator", "lower_solver", "reward", "schedule", "model", "experiment"):
+        for option in sorted(p.stem for p in (CONFIGS / group).glob("*.yaml")):
+            assert option in text, f"{group}={option} missing from --help"
+    assert "task_preset" not in text and "hydra/launcher" not in text
