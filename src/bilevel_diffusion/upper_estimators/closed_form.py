@@ -22,14 +22,15 @@ normalising constants cancel in the KL difference.
 
 from __future__ import annotations
 
-import math
 import logging
+import math
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from tqdm.auto import tqdm
 
 from bilevel_diffusion.checkpoint import load_checkpoint, save_checkpoint
 from bilevel_diffusion.errors import ConfigError, NumericalFault, check_policy, nonfinite
@@ -238,8 +239,11 @@ class ClosedFormEstimator(UpperEstimator):
         else:
             pools = self._checked(draw(None, 0), 0)
             trace = BilevelTrace(self.lambda_init, nfe=sum(p.nfe for p in pools), cost=sum(p.cost for p in pools))
-        for step in range(start, self.num_steps):
+        bar = tqdm(range(start, self.num_steps), initial=start, total=self.num_steps, desc="lambda (Alg. 2)",
+                   disable=None)
+        for step in bar:
             lam = self._to_lambda(theta)
+            bar.set_postfix(lam=f"{lam:.4g}")
             if self._refresh_due(step, pools, lam):
                 pools = self._checked(draw(lam, step), step)
                 trace.nfe += sum(p.nfe for p in pools)

@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 import optuna
 from optuna.trial import TrialState
+from tqdm.auto import tqdm
 
 from bilevel_diffusion import distributed
 from bilevel_diffusion.errors import ConfigError
@@ -170,6 +171,7 @@ class SearchEstimator(UpperEstimator):
         distributions = {name: optuna.distributions.FloatDistribution(float(box["low"]), float(box["high"]),
                                                                       log=bool(box.get("log", False)))
                          for name, box in space.items()}
+        bar = tqdm(total=budget, initial=len(trials), desc=f"{self.name} search trials", disable=None)
         while (len(trials) < budget and not self._out_of_time(ctx, start_wall, len(trials))
                and not self._exhausted(study)):
             trial = study.ask(distributions)
@@ -185,6 +187,9 @@ class SearchEstimator(UpperEstimator):
                        state=TrialState.COMPLETE if math.isfinite(value) else TrialState.FAIL)
             ctx.recorder.log(record.index, **{"trial": record.index, **params, **_scalars(result)})
             study.set_user_attr(_WALL_ATTR, ctx.recorder.wall_clock())
+            bar.update(1)
+            bar.set_postfix(objective=f"{value:.4g}")
+        bar.close()
         if not trials:
             raise ConfigError(f"upper_estimator={self.name}: the budget allowed no trial")
         best = min(trials, key=lambda t: t.objective if math.isfinite(t.objective) else math.inf)
