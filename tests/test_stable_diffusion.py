@@ -102,6 +102,7 @@ def test_guidance_through_the_vae_decoder_raises_the_reward(tiny_dir, tiny_sd, t
         assert (reward(guided.images) > reward(plain.images)).all()
 
 
+@pytest.mark.slow  # the fast suite runs every SD task x estimator pair in-process (test_task_estimator_pairs.py)
 def test_tiny_smoke_run_writes_the_run_contract(tiny_dir, tmp_path) -> None:
     result = run_cli("task=finetune_aesthetic", "model=tiny", "experiment=smoke", f"model.path={tiny_dir}",
                      f"hydra.run.dir={tmp_path / 'run'}")

@@ -78,4 +78,8 @@ def test_a_pair_runs_at_smoke_size_or_is_refused_before_any_work(task, estimator
         assert code == 2 and len(errors) == 1 and "HPSv2" in errors[0], stderr[-3000:]
         return
     assert code == 0, stderr[-3000:]
-    assert_run_contract(run_dir, task, name)
+    summary = assert_run_contract(run_dir, task, name)
+    if task in SD_TASKS:
+        assert summary["clip_score"] == summary["r1"] and summary["reward"] == summary["r2"]
+        assert summary["fid_features"].startswith("clip ViT-B/16") and summary["prompts"] == ["fox"]
+        assert 0.01 <= summary["lambda"] <= 100 and summary["sampler_cost"] >= summary["sampler_nfe"]
