@@ -45,10 +45,9 @@ def estimator_options(config_dir: Path) -> dict[str, type]:
 
 def check_task_and_estimator(cfg: DictConfig, config_dir: Path) -> None:
     """The task must accept the upper estimator (``Task.accepts``): refused with one line before any work."""
-    options = estimator_options(config_dir)
     estimator = HydraConfig.get().runtime.choices.get("upper_estimator") or cfg.upper_estimator.name
     check_pair(get_class(cfg.task._target_), get_class(cfg.upper_estimator._target_), cfg.task.name, estimator,
-               options)
+               lambda: estimator_options(config_dir))
 
 
 def run_job(cfg: DictConfig, config_dir: Path) -> float:

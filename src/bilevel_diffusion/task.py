@@ -9,7 +9,7 @@ included) that can solve the task's problem; :func:`check_pair` refuses any othe
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
 from bilevel_diffusion.errors import ConfigError
@@ -38,13 +38,13 @@ class Task:
 
 
 def check_pair(task_cls: type, estimator_cls: type, task: str, estimator: str,
-               options: Mapping[str, type]) -> None:
-    """Refuse ``task`` with ``estimator`` unless the task accepts the estimator's class; ``options`` maps every
-    ``upper_estimator`` option to its class, for the message."""
+               options: Callable[[], Mapping[str, type]]) -> None:
+    """Refuse ``task`` with ``estimator`` unless the task accepts the estimator's class; ``options()`` maps every
+    ``upper_estimator`` option to its class, for the message (read only when refusing)."""
     accepts = tuple(getattr(task_cls, "accepts", ()))
     if issubclass(estimator_cls, accepts):
         return
-    usable = sorted(name for name, cls in options.items() if issubclass(cls, accepts))
+    usable = sorted(name for name, cls in options().items() if issubclass(cls, accepts))
     raise ConfigError(f"task={task} does not take upper_estimator={estimator}; choose one of: {', '.join(usable)}")
 
 

@@ -14,8 +14,7 @@ metric and the guided sampler (``lower_solver=guided_sampling``, paper Alg. 5); 
 ``sampler_nfe`` = ``method_nfe`` (what the method spent choosing lambda) + the reported evaluation's NFEs;
 ``sampler_cost`` is the same in forward-pass equivalents (a guided step also back-propagates through the network,
 counted as two forward passes); the pre-trained reference samples for the drift are counted apart
-(``reference_nfe``). A NaN/Inf mean reward in the
-reported evaluation stops the run (exit 3).
+(``reference_nfe``). A NaN/Inf mean reward in the reported evaluation stops the run (exit 3).
 """
 
 from __future__ import annotations
@@ -29,6 +28,7 @@ import torch
 
 from bilevel_diffusion import distributed
 from bilevel_diffusion.errors import NumericalFault
+from bilevel_diffusion.evaluation import fixed_noise
 from bilevel_diffusion.lower_solvers.guided_sampling import GuidedSampler, GuidedSamples
 from bilevel_diffusion.reporting.reward_figures import plot_rewards_vs_lambda, plot_sample_scatter
 from bilevel_diffusion.runtime import RunContext
@@ -36,11 +36,6 @@ from bilevel_diffusion.sampling.ddim import EpsFn, Reward
 
 #: the pool of one prompt: (r1 values, r2 values, sampler NFEs spent on it, the same in forward-pass equivalents)
 PoolRewards = tuple[torch.Tensor, torch.Tensor, int, int]
-
-
-def noise(num: int, seed: int, shape: tuple[int, ...]) -> torch.Tensor:
-    """Initial sampler noise from a fixed seed, on the CPU (the same numbers on every device)."""
-    return torch.randn((num, *shape), generator=torch.Generator().manual_seed(seed))
 
 
 class RewardProblem:
@@ -88,7 +83,7 @@ class RewardProblem:
     def draw_pools(self, lam_ref: float | None, step: int) -> list[PoolRewards]:
         """Per prompt, the rewards of ``pool_samples`` samples from ``p_pre`` (``lam_ref=None``: one shared
         unguided run for an unconditional model) or from the guided sampler at ``lam_ref``; ``step`` seeds them."""
-        pool_noise = noise(self.pool_samples, self.ctx.seed + 7919 * step, self.sample_shape)
+        pool_noise = fixed_noise(self.pool_samples, self.ctx.seed + 7919 * step, self.sample_shape)
         shared = self.sample(pool_noise, None, None) if lam_ref is None and not self.conditional else None
         pools: list[PoolRewards] = []
         for prompt in self.prompts:
@@ -103,8 +98,8 @@ class RewardProblem:
     def _noise_set(self, kind: str) -> torch.Tensor:
         """``eval``: the reported evaluation's fixed noise; ``trial``: the (smaller) in-loop noise of the searches."""
         if kind == "eval":
-            return noise(self.num_eval, self.eval_seed, self.sample_shape)
-        return noise(self.trial_samples, self.ctx.seed + 1, self.sample_shape)
+            return fixed_noise(self.num_eval, self.eval_seed, self.sample_shape)
+        return fixed_noise(self.trial_samples, self.ctx.seed + 1, self.sample_shape)
 
     def _reference(self, kind: str, prompt: Any) -> torch.Tensor:
         """Pre-trained (unguided) samples on the same noise, for ``fid_vs_pretrained``; sampled once (per prompt
