@@ -12,7 +12,7 @@ os.environ.setdefault("BILEVEL_ROOT", str(ROOT))
 sys.path.insert(0, str(ROOT / "src"))
 
 from bilevel_diffusion.errors import ConfigError, find_user_error  # noqa: E402
-from bilevel_diffusion.preflight import check_overrides  # noqa: E402
+from bilevel_diffusion.preflight import check_command_line  # noqa: E402
 
 
 def fail(user_error: Exception) -> None:
@@ -35,9 +35,9 @@ def main(cfg: DictConfig) -> float:
 
 
 def cli() -> None:
-    """Cheap checks of the command line (unknown options, occupied run directory), then the Hydra job."""
+    """Cheap checks of the command line (options, keys, values, the run directory), then the Hydra job."""
     try:
-        check_overrides(sys.argv[1:], ROOT / "configs")
+        check_command_line(sys.argv[1:], ROOT / "configs")
     except ConfigError as err:
         fail(err)
     main()

@@ -47,19 +47,19 @@ def test_a_preset_that_matches_no_experiment_or_task_is_an_error(tmp_path) -> No
     import shutil
 
     from bilevel_diffusion.errors import ConfigError
-    from bilevel_diffusion.preflight import check_overrides
+    from bilevel_diffusion.preflight import check_command_line
 
-    check_overrides([], CONFIGS)  # the real presets all match
+    check_command_line(["--help"], CONFIGS)  # the real presets all match
     shutil.copytree(CONFIGS, tmp_path / "configs")
     misspelt = tmp_path / "configs" / "task_preset" / "smoke" / "finetune_gausian.yaml"
     misspelt.write_text("task:\n  pool_samples: 8\n")
     with pytest.raises(ConfigError, match="finetune_gausian.yaml matches no run"):
-        check_overrides(["task=finetune_gaussian"], tmp_path / "configs")
+        check_command_line(["task=finetune_gaussian"], tmp_path / "configs")
     misspelt.unlink()
     (tmp_path / "configs" / "task_preset" / "smok").mkdir()
     (tmp_path / "configs" / "task_preset" / "smok" / "finetune_mnist.yaml").write_text("task: {}\n")
     with pytest.raises(ConfigError, match="experiment='smok'"):
-        check_overrides([], tmp_path / "configs")
+        check_command_line(["--help"], tmp_path / "configs")
 
 
 def test_help_lists_every_task_estimator_solver_and_reward_and_no_internal_group() -> None:

@@ -22,7 +22,7 @@ SPACE = {"lam": {"low": 0.01, "high": 100.0, "log": True}}
 
 def make_ctx(run_dir, resume: bool = False) -> RunContext:
     return RunContext(run_dir=run_dir, cache_dir=run_dir, device=torch.device("cpu"), dtype=torch.float32, seed=0,
-                      resume=resume, recorder=Recorder(run_dir, OmegaConf.create({})))
+                      resume=resume, recorder=Recorder(run_dir, OmegaConf.create({}), resume=resume))
 
 
 def bowl(params: dict[str, float]) -> dict:

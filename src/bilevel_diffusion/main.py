@@ -16,7 +16,10 @@ from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from bilevel_diffusion import distributed
-from bilevel_diffusion.preflight import check_config, guard_run_dir
+from bilevel_diffusion.errors import ConfigError
+from bilevel_diffusion.preflight import check_config
+from bilevel_diffusion.run_directory import (RunLock, check_fingerprint, fingerprint, guard_run_dir, identity,
+                                             remove_if_empty, remove_stale_temp_files, write_fingerprint)
 from bilevel_diffusion.runtime import RunContext, seed_everything, select_device
 from bilevel_diffusion.task import check_pair
 from bilevel_diffusion.tracking.recorder import Recorder
@@ -50,18 +53,63 @@ def check_task_and_estimator(cfg: DictConfig, config_dir: Path) -> None:
                lambda: estimator_options(config_dir))
 
 
+def _claim_run_dir(cfg: DictConfig, run_dir: Path) -> RunLock | None:
+    """Lock the run directory (rank 0), then check it holds no other run: on refusal the lock is dropped and a
+    directory that Hydra created for this job is removed again, so a refused job leaves nothing behind."""
+    lock = RunLock(run_dir).acquire() if distributed.is_main() else None
+    try:
+        guard_run_dir(run_dir, bool(cfg.resume))
+        if cfg.resume:
+            check_fingerprint(run_dir, cfg)
+    except ConfigError:
+        if lock is not None:
+            lock.release()
+        remove_if_empty(run_dir)
+        raise
+    return lock
+
+
+def _write_hydra_files(run_dir: Path, cfg: DictConfig) -> None:
+    """``.hydra/{config,hydra,overrides}.yaml`` as Hydra writes them, but only once the job's checks passed
+    (``hydra.output_subdir`` is null so that Hydra itself writes nothing into a directory it may not use)."""
+    hydra_cfg = HydraConfig.get()
+    folder = run_dir / ".hydra"
+    folder.mkdir(exist_ok=True)
+    OmegaConf.save(cfg, folder / "config.yaml")
+    OmegaConf.save(OmegaConf.create({"hydra": hydra_cfg}), folder / "hydra.yaml")
+    OmegaConf.save(OmegaConf.create(list(hydra_cfg.overrides.task)), folder / "overrides.yaml")
+
+
 def run_job(cfg: DictConfig, config_dir: Path) -> float:
     """Run ``cfg.task`` with ``cfg.upper_estimator`` and write the run contract; returns the objective (lower is
     better)."""
-    check_task_and_estimator(cfg, config_dir)
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    try:
+        check_task_and_estimator(cfg, config_dir)
+        check_config(cfg)
+    except ConfigError:
+        remove_if_empty(run_dir)
+        raise
     device, dtype = select_device(cfg.hardware)  # joins a DDP group first: every rank checks before anyone writes
-    run_dir = distributed.broadcast(Path(HydraConfig.get().runtime.output_dir))  # ranks' ${now:} may differ
-    guard_run_dir(run_dir, bool(cfg.resume))
-    check_config(cfg)
+    run_dir = distributed.broadcast(run_dir)  # ranks' ${now:} may differ
+    lock = _claim_run_dir(cfg, run_dir)
+    try:
+        return _run_checked(cfg, run_dir, device, dtype)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _run_checked(cfg: DictConfig, run_dir: Path, device, dtype) -> float:
+    """The job once its run directory is claimed."""
     if cfg.resume and (run_dir / "summary.json").exists():  # finished already: resuming it is a no-op
         objective = float(json.loads((run_dir / "summary.json").read_text())["objective"])
         print(f"{run_dir} holds a finished run (objective={objective:.4f}); nothing to resume")
         return objective if math.isfinite(objective) else float("inf")
+    if distributed.is_main():
+        remove_stale_temp_files(run_dir)
+        write_fingerprint(run_dir, cfg)
+        _write_hydra_files(run_dir, cfg)
     distributed.barrier()
     seed_everything(int(cfg.seed))
     estimator = instantiate(cfg.upper_estimator)
@@ -70,15 +118,17 @@ def run_job(cfg: DictConfig, config_dir: Path) -> float:
     with _writable_dir(run_dir) as own_dir:
         hydra_cfg = HydraConfig.get()
         sweep = Path(hydra_cfg.sweep.dir).name if hydra_cfg.mode == RunMode.MULTIRUN else None
+        # the jobs of a sweep are one W&B group unless logger.group names one
         recorder = Recorder(own_dir, cfg, cfg.logger if main_rank else None,
                             job_name=f"{task.name}-{cfg.upper_estimator.name}-s{cfg.seed}",
-                            group=sweep)  # the jobs of a sweep are one W&B group unless logger.group names one
+                            group=sweep, resume=bool(cfg.resume))
         ctx = RunContext(run_dir=own_dir, cache_dir=Path(cfg.paths.cache_dir), device=device, dtype=dtype,
                          seed=int(cfg.seed), resume=bool(cfg.resume), recorder=recorder, shared_dir=run_dir)
         try:
             result = task.run(estimator, ctx)
             summary = recorder.write_summary({"task": task.name, "method": cfg.upper_estimator.name,
-                                              "seed": ctx.seed, "wall_clock_s": recorder.wall_clock(), **result})
+                                              "seed": ctx.seed, "wall_clock_s": recorder.wall_clock(), **result,
+                                              "config_fingerprint": fingerprint(identity(cfg))})
             exit_code = 0
         finally:
             recorder.close(exit_code)

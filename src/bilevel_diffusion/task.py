@@ -57,7 +57,7 @@ class RewardTask(Task):
 
     def __init__(self, name: str, lower_solver: GuidedSampler, evaluation: Mapping[str, Any], pool_samples: int = 512,
                  trial_samples: int = 256, lambda_box: Mapping[str, Any] | None = None, log_every: int = 1,
-                 checkpoint_every: int = 0) -> None:
+                 checkpoint_every: int = 10) -> None:
         if min(pool_samples, trial_samples) < 2 or log_every < 1 or checkpoint_every < 0:
             raise ConfigError(f"task needs pool_samples >= 2, trial_samples >= 2, log_every >= 1, "
                               f"checkpoint_every >= 0 (got {pool_samples}, {trial_samples}, {log_every}, "

@@ -136,15 +136,14 @@ def fit(solver: ScoreMatchingSolver, next_batch: Callable[[int, torch.Generator]
     ``resume=True`` continues from it.
     """
     alphas_cumprod = alphas_cumprod.detach()
-    start = 0
+    start, losses = 0, []  # losses since the last log line (checkpointed: log and checkpoint steps need not align)
     if checkpoint_path is not None and resume and checkpoint_path.exists():
         state = load_checkpoint(checkpoint_path)
         solver.load_state_dict(state["solver"])
         generator.set_state(state["generator"])
-        start = state["step"]
+        start, losses = state["step"], list(state.get("pending_losses", []))
         if recorder is not None:
-            recorder.resume_from(start, state["wall_clock_s"])
-    losses: list[float] = []
+            recorder.resume_from(start, state["wall_clock_s"], state.get("metrics_lines"))
     bar = tqdm(range(start, solver.num_steps), initial=start, total=solver.num_steps, desc=desc, disable=None)
     for step in bar:
         losses.append(solver.step(next_batch(solver.batch_size, generator).to(device), alphas_cumprod, generator))
@@ -155,7 +154,7 @@ def fit(solver: ScoreMatchingSolver, next_batch: Callable[[int, torch.Generator]
             losses.clear()
         if checkpoint_path is not None and ((checkpoint_every and done % checkpoint_every == 0)
                                             or done == solver.num_steps):
-            wall_clock = recorder.wall_clock() if recorder is not None else 0.0
+            log_state = recorder.checkpoint_fields() if recorder is not None else {"wall_clock_s": 0.0}
             save_checkpoint({"solver": solver.state_dict(), "generator": generator.get_state(), "step": done,
-                             "wall_clock_s": wall_clock}, checkpoint_path)
+                             "pending_losses": list(losses), **log_state}, checkpoint_path)
     return solver

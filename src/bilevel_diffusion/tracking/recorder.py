@@ -29,10 +29,15 @@ class Recorder:
     """Writes one job's metrics and results; one W&B run per job, finished by :meth:`close`."""
 
     def __init__(self, run_dir: str | Path, cfg: DictConfig, logger: DictConfig | None = None,
-                 job_name: str = "run", group: str | None = None) -> None:
+                 job_name: str = "run", group: str | None = None, resume: bool = False) -> None:
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.metrics_path = self.run_dir / "metrics.jsonl"
+        # on resume, the lines of the stopped attempt stay until a loop restores its checkpoint (resume_from keeps
+        # what that checkpoint had seen); with no checkpoint, the first new line starts the file afresh
+        self._previous = self.metrics_path.read_text().splitlines() if resume and self.metrics_path.exists() else []
+        self._cut_pending = bool(self._previous)
+        self.lines = 0  # lines in metrics.jsonl written by this run (the count a checkpoint stores)
         self.elapsed_before = 0.0
         self._step = 0  # the last logged step: W&B drops a row whose step is below one it has seen
         self._t0 = time.perf_counter()
@@ -57,20 +62,35 @@ class Recorder:
         """Seconds spent on this job, including time before a resume."""
         return self.elapsed_before + time.perf_counter() - self._t0
 
-    def resume_from(self, step: int, wall_clock_s: float) -> None:
-        """Continue after a checkpoint: drop log lines newer than ``step`` (they will be logged again)."""
+    def checkpoint_fields(self) -> dict[str, Any]:
+        """What a checkpoint stores about the log: the wall clock so far and the number of lines written."""
+        return {"wall_clock_s": self.wall_clock(), "metrics_lines": self.lines}
+
+    def resume_from(self, step: int, wall_clock_s: float, lines: int | None = None) -> None:
+        """Continue after a checkpoint: keep the first ``lines`` log lines (the ones the checkpoint had seen; without
+        ``lines``, those with a step <= ``step``) and drop the rest, which will be logged again."""
         self.elapsed_before = wall_clock_s
         self._t0 = time.perf_counter()
-        if self.metrics_path.exists():
-            kept = [line for line in self.metrics_path.read_text().splitlines()
-                    if line and json.loads(line)["step"] <= step]
-            self.metrics_path.write_text("".join(line + "\n" for line in kept))
+        previous = self._previous
+        kept = (previous[:lines] if lines is not None
+                else [line for line in previous if line and json.loads(line)["step"] <= step])
+        self.metrics_path.write_text("".join(line + "\n" for line in kept))
+        self.lines, self._cut_pending = len(kept), False
+        self._step = max([json.loads(line)["step"] for line in kept] or [0])
+
+    def restore(self, state: dict[str, Any], step: int) -> None:
+        """:meth:`resume_from` with the fields of :meth:`checkpoint_fields` saved in a checkpoint."""
+        self.resume_from(step, float(state["wall_clock_s"]), state.get("metrics_lines"))
 
     # -- logging ----------------------------------------------------------------------------------------
     def log(self, step: int, **metrics: Any) -> dict[str, Any]:
         """Append one line ``{"step", "wall_clock_s", **metrics}`` to ``metrics.jsonl`` (and to W&B)."""
         row = {"step": int(step), "wall_clock_s": round(self.wall_clock(), 3)}
         row.update({k: _plain(v) for k, v in metrics.items()})
+        if self._cut_pending:  # resumed, but no loop had a checkpoint to restore: the run starts over
+            self.metrics_path.write_text("")
+            self._cut_pending = False
+        self.lines += 1
         with self.metrics_path.open("a") as handle:
             handle.write(json.dumps(row, allow_nan=True) + "\n")
         self._step = max(self._step, int(step))

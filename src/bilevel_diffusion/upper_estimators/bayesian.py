@@ -24,7 +24,8 @@ class BayesianSearch(SearchEstimator):
             raise ConfigError(f"upper_estimator.n_startup_trials must be >= 1 (got {n_startup_trials})")
         self.sampler, self.n_startup_trials = sampler, int(n_startup_trials)
 
-    def make_sampler(self, space: SearchSpace, seed: int) -> optuna.samplers.BaseSampler:
+    def make_sampler(self, space: SearchSpace, finished_trials: int) -> optuna.samplers.BaseSampler:
+        seed = self.seed + finished_trials
         if self.sampler == "gp":
             return optuna.samplers.GPSampler(seed=seed, n_startup_trials=self.n_startup_trials,
                                              deterministic_objective=False)

@@ -215,8 +215,8 @@ class ClosedFormEstimator(UpperEstimator):
         (``lam_ref=None``: pre-trained samples; ``step``: the bilevel step, for seeding).
 
         With several prompts lambda is shared and F is their average, so the gradient is the average too.
-        ``checkpoint_every = k > 0`` saves the loop (lambda, optimiser, pools, trace) to ``ctx.checkpoint_path``
-        every k steps; with ``ctx.resume`` the loop continues from there.
+        The loop (lambda, optimiser, pools, trace) is saved to ``ctx.checkpoint_path`` every ``checkpoint_every``
+        steps (0: only at the end); with ``ctx.resume`` the loop continues from there.
         """
         theta = torch.tensor(math.log(self.lambda_init) if self.param == "log" else self.lambda_init,
                              dtype=torch.float64, requires_grad=True)
@@ -235,7 +235,7 @@ class ClosedFormEstimator(UpperEstimator):
             optim.load_state_dict(state["optim"])
             schedule.load_state_dict(state["schedule"])
             pools, trace, start = state["pools"], state["trace"], state["step"]
-            ctx.recorder.resume_from(start - 1, state["wall_clock_s"])
+            ctx.recorder.restore(state, start - 1)
         else:
             pools = self._checked(draw(None, 0), 0)
             trace = BilevelTrace(self.lambda_init, nfe=sum(p.nfe for p in pools), cost=sum(p.cost for p in pools))
@@ -275,9 +275,9 @@ class ClosedFormEstimator(UpperEstimator):
                 ctx.recorder.log(step, **{"lambda": lam, "hypergrad": grad, "ess": ess,
                                           "objective_mc": sum(e.objective for e in estimates) / len(estimates),
                                           "skipped_low_ess": int(low_ess)})
-            if checkpoint_every and ((step + 1) % checkpoint_every == 0 or step + 1 == self.num_steps):
+            if (checkpoint_every and (step + 1) % checkpoint_every == 0) or step + 1 == self.num_steps:
                 save_checkpoint({"theta": theta.detach(), "optim": optim.state_dict(),
                                  "schedule": schedule.state_dict(), "pools": pools, "trace": trace,
-                                 "step": step + 1, "wall_clock_s": ctx.recorder.wall_clock()}, ctx.checkpoint_path)
+                                 "step": step + 1, **ctx.recorder.checkpoint_fields()}, ctx.checkpoint_path)
         trace.lam, trace.pools = self._to_lambda(theta), pools
         return trace

@@ -13,5 +13,5 @@ class RandomSearch(SearchEstimator):
     def __init__(self, name: str = "random", n_trials: int = 5, timeout_s: float | None = None, seed: int = 0) -> None:
         super().__init__(name, n_trials, timeout_s, seed)
 
-    def make_sampler(self, space: SearchSpace, seed: int) -> optuna.samplers.BaseSampler:
-        return optuna.samplers.RandomSampler(seed=seed)
+    def make_sampler(self, space: SearchSpace, finished_trials: int) -> optuna.samplers.BaseSampler:
+        return optuna.samplers.RandomSampler(seed=self.seed + finished_trials)

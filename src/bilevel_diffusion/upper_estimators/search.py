@@ -118,12 +118,11 @@ class SearchEstimator(UpperEstimator):
         self.check_problem(problem)
         return problem.report_search(self.search(problem.search_space(), problem.trial, ctx))
 
-    def make_sampler(self, space: SearchSpace, seed: int) -> optuna.samplers.BaseSampler:  # pragma: no cover
-        raise NotImplementedError
-
-    def sampler_seed(self, previous_trials: int) -> int:
-        """Seed of the sampler after ``previous_trials`` trials: shifted, so a resumed search draws new points."""
-        return self.seed + previous_trials
+    def make_sampler(self, space: SearchSpace, finished_trials: int) -> optuna.samplers.BaseSampler:
+        """The sampler that proposes the trial after ``finished_trials`` finished ones. A sampler per trial, whose
+        randomness depends only on ``seed`` and that position, so a search stopped and resumed proposes the same
+        points as one never stopped."""
+        raise NotImplementedError  # pragma: no cover
 
     def max_trials(self, space: SearchSpace) -> int:
         """The trial budget (subclasses may cap it, e.g. by the grid size)."""
@@ -154,26 +153,23 @@ class SearchEstimator(UpperEstimator):
             study = optuna.load_study(study_name=STUDY_NAME, storage=storage) if ctx.resume else None
         except KeyError:  # resume=true but the job stopped before the study was created
             study = None
-        previous = len(study.trials) if study is not None else 0
-        sampler = self.make_sampler(space, self.sampler_seed(previous))
         if study is None:
             try:
-                study = optuna.create_study(study_name=STUDY_NAME, storage=storage, sampler=sampler,
+                study = optuna.create_study(study_name=STUDY_NAME, storage=storage,
+                                            sampler=self.make_sampler(space, 0),
                                             direction="minimize")
             except optuna.exceptions.DuplicatedStudyError as err:
                 raise ConfigError(f"{ctx.run_dir / STUDY_FILE} already holds a search; pass resume=true to "
                                   f"continue it or choose another hydra.run.dir") from err
-        else:
-            study.sampler = sampler
-        trials = self._restore(study, ctx)
+        trials = self._restore(study, ctx, list(space))
         start_wall = float(study.user_attrs.get("search_start_wall_clock_s", ctx.recorder.wall_clock()))
         study.set_user_attr("search_start_wall_clock_s", start_wall)
         distributions = {name: optuna.distributions.FloatDistribution(float(box["low"]), float(box["high"]),
                                                                       log=bool(box.get("log", False)))
                          for name, box in space.items()}
         bar = tqdm(total=budget, initial=len(trials), desc=f"{self.name} search trials", disable=None)
-        while (len(trials) < budget and not self._out_of_time(ctx, start_wall, len(trials))
-               and not self._exhausted(study)):
+        while len(trials) < budget and not self._out_of_time(ctx, start_wall, len(trials)):
+            study.sampler = self.make_sampler(space, len(trials))
             trial = study.ask(distributions)
             params = distributed.broadcast({name: float(value) for name, value in trial.params.items()})
             result = dict(evaluate(params))
@@ -181,11 +177,13 @@ class SearchEstimator(UpperEstimator):
                 raise KeyError("evaluate(params) must return at least 'objective' and 'sampler_nfe'")
             record = TrialRecord(len(trials), params, result)
             trials.append(record)
+            # the line first: a stop between the two leaves the trial unfinished, so it runs again and the
+            # resume (which keeps the lines of finished trials) drops its line
+            ctx.recorder.log(record.index, **{"trial": record.index, **params, **_scalars(result)})
             trial.set_user_attr(_RESULT_ATTR, _scalars(result))
             value = record.objective
             study.tell(trial, value if math.isfinite(value) else None,
                        state=TrialState.COMPLETE if math.isfinite(value) else TrialState.FAIL)
-            ctx.recorder.log(record.index, **{"trial": record.index, **params, **_scalars(result)})
             study.set_user_attr(_WALL_ATTR, ctx.recorder.wall_clock())
             bar.update(1)
             bar.set_postfix(objective=f"{value:.4g}")
@@ -194,10 +192,6 @@ class SearchEstimator(UpperEstimator):
             raise ConfigError(f"upper_estimator={self.name}: the budget allowed no trial")
         best = min(trials, key=lambda t: t.objective if math.isfinite(t.objective) else math.inf)
         return SearchResult(best.params, best.objective, best.result, trials)
-
-    def _exhausted(self, study: optuna.Study) -> bool:
-        sampler = study.sampler
-        return isinstance(sampler, optuna.samplers.GridSampler) and sampler.is_exhausted(study)
 
     def _out_of_time(self, ctx: RunContext, start_wall: float, done: int) -> bool:
         """The next trial would end past ``timeout_s`` (by the mean time of the ``done`` trials so far): a search
@@ -208,15 +202,17 @@ class SearchEstimator(UpperEstimator):
         return elapsed + (elapsed / done if done else 0.0) > self.timeout_s
 
     @staticmethod
-    def _restore(study: optuna.Study, ctx: RunContext) -> list[TrialRecord]:
-        """Trials evaluated before a stop (in order); a trial cut off mid-evaluation is failed and queued again."""
+    def _restore(study: optuna.Study, ctx: RunContext, names: Sequence[str]) -> list[TrialRecord]:
+        """Trials evaluated before a stop (in order); a trial cut off mid-evaluation is failed and queued again
+        (unless the stop came before all its parameters were stored: then the sampler proposes it afresh)."""
         done: list[TrialRecord] = []
         for frozen in study.get_trials(deepcopy=False):
             if _RESULT_ATTR in frozen.user_attrs:
                 done.append(TrialRecord(len(done), dict(frozen.params), dict(frozen.user_attrs[_RESULT_ATTR])))
             elif frozen.state == TrialState.RUNNING:
                 study.tell(frozen.number, state=TrialState.FAIL)
-                study.enqueue_trial(dict(frozen.params))
+                if set(names) <= set(frozen.params):
+                    study.enqueue_trial(dict(frozen.params))
         if done or study.user_attrs.get(_WALL_ATTR) is not None:
             ctx.recorder.resume_from(len(done) - 1, float(study.user_attrs.get(_WALL_ATTR, 0.0)))
         return done

@@ -89,7 +89,7 @@ class StagedGridSearch(SearchEstimator):
         grid = grid_values(space, self.values, self.num_points)
         return StagedGridSampler(grid, self.order, {name: _initial(box) for name, box in space.items()})
 
-    def make_sampler(self, space: SearchSpace, seed: int) -> optuna.samplers.BaseSampler:
+    def make_sampler(self, space: SearchSpace, finished_trials: int) -> optuna.samplers.BaseSampler:
         return self._sampler(space)
 
     def max_trials(self, space: SearchSpace) -> int:

@@ -255,7 +255,7 @@ class PenaltyLoop:
         if ctx.resume and ctx.checkpoint_path.exists():
             state = load_checkpoint(ctx.checkpoint_path)
             self.load_state_dict(state)
-            ctx.recorder.resume_from(self.solver.step_count, state["wall_clock_s"])
+            ctx.recorder.restore(state, self.solver.step_count)
         bar = tqdm(range(self.outer_step, self.total_outer), initial=self.outer_step, total=self.total_outer,
                    desc="bilevel (Alg. 6)", disable=None)
         for _ in bar:
@@ -264,6 +264,7 @@ class PenaltyLoop:
             done = self.solver.step_count
             ctx.recorder.log(done, **row)
             bar.set_postfix(loss_y=f"{row['loss_y']:.4f}", obj=f"{row.get('objective_fid', float('nan')):.2f}")
-            if done // checkpoint_every > before // checkpoint_every or self.outer_step == self.total_outer:
-                save_checkpoint({**self.state_dict(), "wall_clock_s": ctx.recorder.wall_clock()},
+            if ((checkpoint_every and done // checkpoint_every > before // checkpoint_every)
+                    or self.outer_step == self.total_outer):
+                save_checkpoint({**self.state_dict(), **ctx.recorder.checkpoint_fields()},
                                 ctx.checkpoint_path)
