@@ -11,6 +11,7 @@ ROOT = Path(__file__).resolve().parent
 os.environ.setdefault("BILEVEL_ROOT", str(ROOT))
 sys.path.insert(0, str(ROOT / "src"))
 
+from bilevel_diffusion import stopping  # noqa: E402
 from bilevel_diffusion.errors import ConfigError, find_user_error  # noqa: E402
 from bilevel_diffusion.preflight import check_command_line  # noqa: E402
 
@@ -25,8 +26,16 @@ def fail(user_error: Exception) -> None:
 def main(cfg: DictConfig) -> float:
     from bilevel_diffusion.main import run_job  # heavy (torch, diffusers): after the cheap checks
 
+    stopping.install()  # SIGINT / SIGTERM: checkpoint at the next safe point, then one line and exit 130 / 143
     try:
         return run_job(cfg, ROOT / "configs")
+    except stopping.Stopped as stop:
+        print(f"{stop}; resume=true continues the run", file=sys.stderr)
+        sys.exit(128 + stop.signum)
+    except KeyboardInterrupt:
+        print("stopped at once by a second signal; the last checkpoint is kept (resume=true continues the run)",
+              file=sys.stderr)
+        sys.exit(130)
     except Exception as err:  # bad input or a NaN/Inf, possibly wrapped by instantiate
         user_error = find_user_error(err)
         if user_error is None:

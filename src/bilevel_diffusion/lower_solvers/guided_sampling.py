@@ -27,6 +27,7 @@ import torch
 from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, PNDMScheduler
 from torch import nn
 
+from bilevel_diffusion import stopping
 from bilevel_diffusion.errors import ConfigError
 from bilevel_diffusion.sampling.ddim import EpsFn, Reward, Scheduler, denoise, make_ddim_scheduler
 
@@ -120,6 +121,7 @@ class GuidedSampler:
         scheduler = self.scheduler(betas)
         chunks, nfe, cost = [], 0, 0
         for start in range(0, noise.shape[0], self.batch_size):
+            stopping.raise_in_one_process("while sampling (the last checkpoint is kept; resume=true samples again)")
             x_T = noise[start:start + self.batch_size].to(device)
             rounds = self.relinearize_rounds if reward is not None and lam is not None else 0
             x0 = self._ddim(eps_fn, scheduler, x_T, reward if rounds == 0 else None, lam, decode, betas)

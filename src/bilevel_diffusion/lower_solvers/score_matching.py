@@ -14,7 +14,7 @@ from diffusers.training_utils import EMAModel
 from torch import nn
 from tqdm.auto import tqdm
 
-from bilevel_diffusion import distributed
+from bilevel_diffusion import distributed, stopping
 from bilevel_diffusion.checkpoint import load_checkpoint, save_checkpoint
 from bilevel_diffusion.errors import ConfigError, check_policy, nonfinite
 from bilevel_diffusion.tracking.recorder import Recorder
@@ -152,9 +152,13 @@ def fit(solver: ScoreMatchingSolver, next_batch: Callable[[int, torch.Generator]
         if recorder is not None and log_every and (done % log_every == 0 or done == solver.num_steps):
             recorder.log(done, loss=sum(losses) / len(losses), lr=solver.optimizer.param_groups[0]["lr"])
             losses.clear()
+        stop = stopping.requested()
         if checkpoint_path is not None and ((checkpoint_every and done % checkpoint_every == 0)
-                                            or done == solver.num_steps):
+                                            or done == solver.num_steps or stop):
             log_state = recorder.checkpoint_fields() if recorder is not None else {"wall_clock_s": 0.0}
             save_checkpoint({"solver": solver.state_dict(), "generator": generator.get_state(), "step": done,
                              "pending_losses": list(losses), **log_state}, checkpoint_path)
+        if stop:
+            stopping.raise_if_requested(f"after training step {done}" + (" (checkpoint saved)" if checkpoint_path
+                                                                          else ""))
     return solver

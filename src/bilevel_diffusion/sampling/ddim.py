@@ -12,7 +12,7 @@ import torch
 from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, PNDMScheduler
 from torch import nn
 
-from bilevel_diffusion import distributed
+from bilevel_diffusion import distributed, stopping
 
 #: eps-prediction: (x_t [B, ...], t [B]) -> eps [B, ...]
 EpsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -62,6 +62,7 @@ def ddim_sample(model: nn.Module, scheduler: DDIMScheduler, noise: torch.Tensor,
     chunks = [local[:0].float()]
     starts = range(0, local.shape[0], batch_size)
     for start in tqdm(starts, desc="DDIM", disable=None if progress else True, leave=False):
+        stopping.raise_in_one_process("while sampling (the last checkpoint is kept; resume=true samples again)")
         x = denoise(model, scheduler, local[start:start + batch_size].to(device), num_inference_steps)
         chunks.append(x.clamp(-1, 1).float().cpu())
     return distributed.gather(torch.cat(chunks)), noise.shape[0] * num_inference_steps

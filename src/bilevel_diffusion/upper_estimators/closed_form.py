@@ -32,6 +32,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from bilevel_diffusion import stopping
 from bilevel_diffusion.checkpoint import load_checkpoint, save_checkpoint
 from bilevel_diffusion.errors import ConfigError, NumericalFault, check_policy, nonfinite
 from bilevel_diffusion.problems.reward import RewardProblem
@@ -275,9 +276,12 @@ class ClosedFormEstimator(UpperEstimator):
                 ctx.recorder.log(step, **{"lambda": lam, "hypergrad": grad, "ess": ess,
                                           "objective_mc": sum(e.objective for e in estimates) / len(estimates),
                                           "skipped_low_ess": int(low_ess)})
-            if (checkpoint_every and (step + 1) % checkpoint_every == 0) or step + 1 == self.num_steps:
+            stop = stopping.requested()
+            if (checkpoint_every and (step + 1) % checkpoint_every == 0) or step + 1 == self.num_steps or stop:
                 save_checkpoint({"theta": theta.detach(), "optim": optim.state_dict(),
                                  "schedule": schedule.state_dict(), "pools": pools, "trace": trace,
                                  "step": step + 1, **ctx.recorder.checkpoint_fields()}, ctx.checkpoint_path)
+            if stop:
+                stopping.raise_if_requested(f"after lambda step {step + 1} (checkpoint saved)")
         trace.lam, trace.pools = self._to_lambda(theta), pools
         return trace

@@ -40,7 +40,7 @@ import optuna
 from optuna.trial import TrialState
 from tqdm.auto import tqdm
 
-from bilevel_diffusion import distributed
+from bilevel_diffusion import distributed, stopping
 from bilevel_diffusion.errors import ConfigError
 from bilevel_diffusion.problems.reward import RewardProblem
 from bilevel_diffusion.problems.schedule import ScheduleProblem
@@ -185,6 +185,7 @@ class SearchEstimator(UpperEstimator):
             study.tell(trial, value if math.isfinite(value) else None,
                        state=TrialState.COMPLETE if math.isfinite(value) else TrialState.FAIL)
             study.set_user_attr(_WALL_ATTR, ctx.recorder.wall_clock())
+            stopping.raise_if_requested(f"after search trial {record.index} (the study is saved)")
             bar.update(1)
             bar.set_postfix(objective=f"{value:.4g}")
         bar.close()

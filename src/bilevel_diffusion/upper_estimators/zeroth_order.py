@@ -22,6 +22,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from bilevel_diffusion import stopping
 from bilevel_diffusion.checkpoint import load_checkpoint, save_checkpoint
 from bilevel_diffusion.errors import ConfigError, NumericalFault, check_policy, nonfinite
 from bilevel_diffusion.problems.schedule import ScheduleProblem
@@ -264,7 +265,10 @@ class PenaltyLoop:
             done = self.solver.step_count
             ctx.recorder.log(done, **row)
             bar.set_postfix(loss_y=f"{row['loss_y']:.4f}", obj=f"{row.get('objective_fid', float('nan')):.2f}")
+            stop = stopping.requested()
             if ((checkpoint_every and done // checkpoint_every > before // checkpoint_every)
-                    or self.outer_step == self.total_outer):
+                    or self.outer_step == self.total_outer or stop):
                 save_checkpoint({**self.state_dict(), **ctx.recorder.checkpoint_fields()},
                                 ctx.checkpoint_path)
+            if stop:
+                stopping.raise_if_requested(f"after outer step {self.outer_step} (checkpoint saved)")
