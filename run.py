@@ -26,9 +26,9 @@ def fail(user_error: Exception) -> None:
 def main(cfg: DictConfig) -> float:
     from bilevel_diffusion.main import run_job  # heavy (torch, diffusers): after the cheap checks
 
-    stopping.install()  # SIGINT / SIGTERM: checkpoint at the next safe point, then one line and exit 130 / 143
     try:
-        return run_job(cfg, ROOT / "configs")
+        with stopping.handling_signals():  # SIGINT / SIGTERM: checkpoint at the next safe point, one line, 130 / 143
+            return run_job(cfg, ROOT / "configs")
     except stopping.Stopped as stop:
         print(f"{stop}; resume=true continues the run", file=sys.stderr)
         sys.exit(128 + stop.signum)

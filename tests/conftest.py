@@ -7,8 +7,10 @@ import io
 import json
 import os
 import runpy
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -79,6 +81,36 @@ def wandb_history(path: Path) -> dict[int, dict[str, str]]:
             items = {item.key or "/".join(item.nested_key): item.value_json for item in record.history.item}
             rows.setdefault(int(record.history.step.num), {}).update(items)
     return rows
+
+
+def kill_after_lines(args: list[str], run_dir: Path, lines: int, sig: int = signal.SIGKILL,
+                     timeout: float = 300) -> int | None:
+    """``run.py ARGS hydra.run.dir=RUN_DIR`` in a child process, sent ``sig`` once its ``metrics.jsonl`` has
+    ``lines`` lines (``0``: as soon as the run directory has its fingerprint, before any line); returns the exit
+    code. A process, not a fork of pytest: a fork of a process whose OpenMP pool has run hangs in the child."""
+    child = subprocess.Popen([sys.executable, str(ROOT / "run.py"), *args, f"hydra.run.dir={run_dir}"], cwd=ROOT,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             env={**os.environ, "BILEVEL_ROOT": str(ROOT), "OMP_NUM_THREADS": "1"})
+    deadline = time.monotonic() + timeout
+    metrics, started = run_dir / "metrics.jsonl", run_dir / "fingerprint.json"
+    while child.poll() is None and time.monotonic() < deadline:
+        done = len(metrics.read_text().splitlines()) if metrics.exists() else 0
+        if started.exists() and done >= lines:
+            child.send_signal(sig)
+            break
+        time.sleep(0.01)
+    return child.wait(timeout=120)
+
+
+#: summary.json / metrics.jsonl keys that measure time, not results
+TIMING_KEYS = ("wall_clock_s",)
+
+
+def results(run_dir: Path) -> tuple[list[dict], dict]:
+    """metrics.jsonl rows and summary.json without timing keys (what a stopped-and-resumed run must reproduce)."""
+    strip = lambda d: {k: v for k, v in d.items() if k not in TIMING_KEYS}  # noqa: E731
+    return ([strip(row) for row in read_jsonl(run_dir / "metrics.jsonl")],
+            strip(json.loads((run_dir / "summary.json").read_text())))
 
 
 def read_jsonl(path: Path) -> list[dict]:

@@ -3,14 +3,19 @@ target (concurrent writers, e.g. parallel test workers filling one cache, never 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import save as safetensors_bytes
+
+from bilevel_diffusion.errors import ConfigError
 
 
 def _atomic_write(path: Path, write) -> None:
@@ -33,8 +38,14 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load a checkpoint written by :func:`save_checkpoint` (our own files, so full unpickling is safe)."""
-    return torch.load(Path(path), map_location="cpu", weights_only=False)
+    """Load a checkpoint written by :func:`save_checkpoint` (our own files, so full unpickling is safe); one that
+    does not load is a :class:`ConfigError` that says what to do."""
+    try:
+        return torch.load(Path(path), map_location="cpu", weights_only=False)
+    except Exception as err:  # noqa: BLE001 - truncated zip, pickle errors, ...
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise ConfigError(f"the checkpoint {path} cannot be read ({first}); it is damaged: start the run again in a "
+                          f"new hydra.run.dir (or restore the file from a copy and resume)") from None
 
 
 def write_json_atomic(obj: Any, path: str | Path) -> None:
@@ -48,3 +59,43 @@ def save_safetensors_atomic(tensors: dict[str, torch.Tensor], path: str | Path,
     """A safetensors file of ``tensors`` (made contiguous), written atomically."""
     data = safetensors_bytes({k: v.contiguous() for k, v in tensors.items()}, metadata=metadata)
     _atomic_write(Path(path), lambda handle: handle.write(data))
+
+
+def tensor_digest(tensors: dict[str, torch.Tensor]) -> str:
+    """SHA-256 of the tensors' names, dtypes, shapes and bytes (in name order)."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        tensor = tensors[name].detach().cpu().contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()
+
+
+def save_cached(tensors: dict[str, torch.Tensor], path: str | Path, card: dict[str, Any] | None = None) -> str:
+    """A cache file: safetensors whose header carries the SHA-256 of its tensors (:func:`load_cached` checks it),
+    and, with ``card``, a JSON card beside it that repeats the checksum. Returns the checksum."""
+    digest = tensor_digest(tensors)
+    save_safetensors_atomic(tensors, path, metadata={"sha256": digest})
+    if card is not None:
+        write_json_atomic({**card, "sha256": digest}, Path(path).with_suffix(".json"))
+    return digest
+
+
+def load_cached(path: str | Path) -> dict[str, torch.Tensor] | None:
+    """The tensors of a cache file written by :func:`save_cached`, or None when it is missing, unreadable or fails
+    its checksum (then it is deleted, with one line on stderr, and the caller builds it again)."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            expected = (handle.metadata() or {}).get("sha256")
+            tensors = {name: handle.get_tensor(name) for name in handle.keys()}
+        problem = None if expected == tensor_digest(tensors) else "fails its checksum"
+    except Exception as err:  # noqa: BLE001 - truncated or garbage files
+        problem = f"cannot be read ({type(err).__name__})"
+    if problem is None:
+        return tensors
+    print(f"cache: {path} {problem}; building it again", file=sys.stderr)
+    path.unlink(missing_ok=True)
+    return None

@@ -16,7 +16,6 @@ from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from bilevel_diffusion import distributed
-from bilevel_diffusion.errors import ConfigError
 from bilevel_diffusion.preflight import check_config
 from bilevel_diffusion.run_directory import (RunLock, check_fingerprint, fingerprint, guard_run_dir, identity,
                                              remove_if_empty, remove_stale_temp_files, write_fingerprint)
@@ -35,38 +34,47 @@ def _writable_dir(run_dir: Path) -> Iterator[Path]:
         yield Path(scratch)
 
 
-def estimator_options(config_dir: Path) -> dict[str, type]:
-    """Every ``upper_estimator`` option and its class (an option without ``_target_`` inherits its defaults')."""
+def group_options(config_dir: Path, group: str) -> dict[str, type]:
+    """Every option of a component group (``upper_estimator``, ``lower_solver``) and its class (an option without
+    ``_target_`` inherits its defaults')."""
     def target(name: str) -> str:
-        node = OmegaConf.load(config_dir / "upper_estimator" / f"{name}.yaml")
+        node = OmegaConf.load(config_dir / group / f"{name}.yaml")
         if "_target_" in node:
             return str(node["_target_"])
         parents = [entry for entry in node.get("defaults", []) if isinstance(entry, str) and entry != "_self_"]
         return target(parents[-1])
-    return {path.stem: get_class(target(path.stem)) for path in sorted((config_dir / "upper_estimator").glob("*.yaml"))}
+    return {path.stem: get_class(target(path.stem)) for path in sorted((config_dir / group).glob("*.yaml"))}
 
 
-def check_task_and_estimator(cfg: DictConfig, config_dir: Path) -> None:
-    """The task must accept the upper estimator (``Task.accepts``): refused with one line before any work."""
-    estimator = HydraConfig.get().runtime.choices.get("upper_estimator") or cfg.upper_estimator.name
-    check_pair(get_class(cfg.task._target_), get_class(cfg.upper_estimator._target_), cfg.task.name, estimator,
-               lambda: estimator_options(config_dir))
+def check_task_components(cfg: DictConfig, config_dir: Path) -> None:
+    """The task must take the upper estimator (``Task.accepts``) and the lower solver (``Task.solvers``): refused
+    with one line before any work."""
+    choices = HydraConfig.get().runtime.choices
+    task_cls = get_class(cfg.task._target_)
+    for group in ("upper_estimator", "lower_solver"):
+        option = choices.get(group) or cfg[group].get("name", "?")
+        check_pair(task_cls, get_class(cfg[group]._target_), cfg.task.name, option,
+                   lambda group=group: group_options(config_dir, group), group)
 
 
 def _claim_run_dir(cfg: DictConfig, run_dir: Path) -> RunLock | None:
-    """Lock the run directory (rank 0), then check it holds no other run: on refusal the lock is dropped and a
-    directory that Hydra created for this job is removed again, so a refused job leaves nothing behind."""
+    """Lock the run directory (rank 0), then check that it holds no other run."""
     lock = RunLock(run_dir).acquire() if distributed.is_main() else None
     try:
         guard_run_dir(run_dir, bool(cfg.resume))
         if cfg.resume:
             check_fingerprint(run_dir, cfg)
-    except ConfigError:
-        if lock is not None:
-            lock.release()
-        remove_if_empty(run_dir)
+    except BaseException:
+        _give_up(lock, run_dir)
         raise
     return lock
+
+
+def _give_up(lock: RunLock | None, run_dir: Path) -> None:
+    """A refused job leaves nothing behind: drop the lock and remove the directory Hydra made for it if unused."""
+    if lock is not None:
+        lock.release()
+    remove_if_empty(run_dir)
 
 
 def _write_hydra_files(run_dir: Path, cfg: DictConfig) -> None:
@@ -82,38 +90,43 @@ def _write_hydra_files(run_dir: Path, cfg: DictConfig) -> None:
 
 def run_job(cfg: DictConfig, config_dir: Path) -> float:
     """Run ``cfg.task`` with ``cfg.upper_estimator`` and write the run contract; returns the objective (lower is
-    better)."""
+    better). Every check, and the construction of every component, comes before the first file is written."""
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
-        check_task_and_estimator(cfg, config_dir)
+        check_task_components(cfg, config_dir)
         check_config(cfg)
-    except ConfigError:
-        remove_if_empty(run_dir)
+    except BaseException:
+        _give_up(None, run_dir)
         raise
     device, dtype = select_device(cfg.hardware)  # joins a DDP group first: every rank checks before anyone writes
     run_dir = distributed.broadcast(run_dir)  # ranks' ${now:} may differ
     lock = _claim_run_dir(cfg, run_dir)
     try:
-        return _run_checked(cfg, run_dir, device, dtype)
+        if cfg.resume and (run_dir / "summary.json").exists():  # finished already: resuming it is a no-op
+            objective = float(json.loads((run_dir / "summary.json").read_text())["objective"])
+            print(f"{run_dir} holds a finished run (objective={objective:.4f}); nothing to resume")
+            return objective if math.isfinite(objective) else float("inf")
+        try:
+            seed_everything(int(cfg.seed))
+            estimator = instantiate(cfg.upper_estimator)
+            task = instantiate(cfg.task)
+        except BaseException:
+            _give_up(lock, run_dir)
+            lock = None
+            raise
+        return _run(cfg, run_dir, device, dtype, estimator, task)
     finally:
         if lock is not None:
             lock.release()
 
 
-def _run_checked(cfg: DictConfig, run_dir: Path, device, dtype) -> float:
-    """The job once its run directory is claimed."""
-    if cfg.resume and (run_dir / "summary.json").exists():  # finished already: resuming it is a no-op
-        objective = float(json.loads((run_dir / "summary.json").read_text())["objective"])
-        print(f"{run_dir} holds a finished run (objective={objective:.4f}); nothing to resume")
-        return objective if math.isfinite(objective) else float("inf")
+def _run(cfg: DictConfig, run_dir: Path, device, dtype, estimator, task) -> float:
+    """The job once its run directory is claimed and its components are built."""
     if distributed.is_main():
         remove_stale_temp_files(run_dir)
         write_fingerprint(run_dir, cfg)
         _write_hydra_files(run_dir, cfg)
     distributed.barrier()
-    seed_everything(int(cfg.seed))
-    estimator = instantiate(cfg.upper_estimator)
-    task = instantiate(cfg.task)
     exit_code, main_rank = 1, distributed.is_main()
     with _writable_dir(run_dir) as own_dir:
         hydra_cfg = HydraConfig.get()

@@ -20,6 +20,7 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from bilevel_diffusion.errors import ConfigError
+from bilevel_diffusion.tracking.credentials import wandb_credentials_found
 from bilevel_diffusion.run_directory import check_fingerprint, check_unlocked, check_writable, guard_run_dir
 
 #: config groups chosen by a preset, not by the user (their option names are interpolated)
@@ -166,6 +167,15 @@ def check_config(cfg: DictConfig) -> None:
                 raise ConfigError(f"{key} must be a number > 0 (got {value!r})")
 
 
+def check_logger(cfg: DictConfig) -> None:
+    """``logger=wandb logger.mode=online`` needs credentials, unless ``logger.fallback_offline=true``."""
+    logger = cfg.get("logger") or {}
+    if (logger.get("backend") == "wandb" and logger.get("mode") == "online" and not logger.get("fallback_offline")
+            and not wandb_credentials_found()):
+        raise ConfigError("logger.mode=online needs W&B credentials (wandb login, or WANDB_API_KEY) and none were "
+                          "found; use logger.mode=offline (sync later) or logger.fallback_offline=true")
+
+
 def check_run_dir(run_dir: Path, cfg: DictConfig) -> None:
     """Writable; no other run's results unless ``resume=true`` with the same config; no live job in it."""
     check_writable(run_dir)
@@ -195,6 +205,7 @@ def check_command_line(argv: Sequence[str], config_dir: Path) -> None:
               and not arg.split("=", 1)[0].lstrip("+").startswith("hydra.")]
     check_types(cfg, compose(config_dir, group_args) if values else cfg, values)
     check_config(cfg)
+    check_logger(cfg)
     if multirun:
         return
     try:

@@ -6,6 +6,8 @@ A second signal stops at once (the last checkpoint is kept)."""
 from __future__ import annotations
 
 import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from bilevel_diffusion import distributed
 
@@ -27,12 +29,18 @@ def _handler(signum: int, frame) -> None:
     _requested = signum
 
 
-def install() -> None:
-    """Catch SIGINT and SIGTERM for the rest of the process (main thread only)."""
+@contextmanager
+def handling_signals() -> Iterator[None]:
+    """Catch SIGINT and SIGTERM inside the block (main thread only); the previous handlers come back after it."""
     global _requested
     _requested = None
-    signal.signal(signal.SIGINT, _handler)
-    signal.signal(signal.SIGTERM, _handler)
+    previous = {sig: signal.signal(sig, _handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        _requested = None
 
 
 def requested() -> bool:

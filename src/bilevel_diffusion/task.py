@@ -29,6 +29,8 @@ class Task:
 
     #: the upper estimator classes this task's problem can be solved by
     accepts: ClassVar[tuple[type[UpperEstimator], ...]] = ()
+    #: the lower-level solver classes (``lower_solver`` options) the task can use
+    solvers: ClassVar[tuple[type, ...]] = ()
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -37,15 +39,16 @@ class Task:
         raise NotImplementedError
 
 
-def check_pair(task_cls: type, estimator_cls: type, task: str, estimator: str,
-               options: Callable[[], Mapping[str, type]]) -> None:
-    """Refuse ``task`` with ``estimator`` unless the task accepts the estimator's class; ``options()`` maps every
-    ``upper_estimator`` option to its class, for the message (read only when refusing)."""
-    accepts = tuple(getattr(task_cls, "accepts", ()))
-    if issubclass(estimator_cls, accepts):
+def check_pair(task_cls: type, component_cls: type, task: str, option: str,
+               options: Callable[[], Mapping[str, type]], group: str = "upper_estimator") -> None:
+    """Refuse ``task`` with the ``group`` option ``option`` unless the task takes its class (``accepts`` for
+    ``upper_estimator``, ``solvers`` for ``lower_solver``); ``options()`` maps every option of the group to its
+    class, for the message (read only when refusing)."""
+    accepts = tuple(getattr(task_cls, "accepts" if group == "upper_estimator" else "solvers", ()))
+    if issubclass(component_cls, accepts):
         return
     usable = sorted(name for name, cls in options().items() if issubclass(cls, accepts))
-    raise ConfigError(f"task={task} does not take upper_estimator={estimator}; choose one of: {', '.join(usable)}")
+    raise ConfigError(f"task={task} does not take {group}={option}; choose one of: {', '.join(usable)}")
 
 
 class RewardTask(Task):
@@ -54,6 +57,7 @@ class RewardTask(Task):
 
     #: lambda is one parameter: no staged grid
     accepts = (ClosedFormEstimator, GridSearch, RandomSearch, BayesianSearch, WeightedSum)
+    solvers = (GuidedSampler,)
 
     def __init__(self, name: str, lower_solver: GuidedSampler, evaluation: Mapping[str, Any], pool_samples: int = 512,
                  trial_samples: int = 256, lambda_box: Mapping[str, Any] | None = None, log_every: int = 1,

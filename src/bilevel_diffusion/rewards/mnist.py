@@ -23,10 +23,9 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file
 from torch import nn
 
-from bilevel_diffusion.checkpoint import save_safetensors_atomic, write_json_atomic
+from bilevel_diffusion.checkpoint import load_cached, save_cached
 from bilevel_diffusion.data.mnist import ImageData
 from bilevel_diffusion.metrics.classifier import accuracy
 
@@ -39,10 +38,6 @@ def cache_key(*parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
-def save_with_card(state: dict[str, torch.Tensor], path: Path, card: dict[str, Any]) -> None:
-    """``state`` as safetensors at ``path`` and ``card`` as JSON beside it (both atomic)."""
-    save_safetensors_atomic(state, path)
-    write_json_atomic(card, path.with_suffix(".json"))
 
 
 class EdgeProxy(nn.Module):
@@ -58,25 +53,28 @@ class EdgeProxy(nn.Module):
 
 
 def load_or_train_proxy(data: ImageData, per_class: int, cache_dir: Path) -> EdgeProxy:
-    """Train the proxy on ``per_class`` training images of each digit (full batch, Adam), once; then cached."""
-    proxy = EdgeProxy()
+    """Train the proxy on ``per_class`` training images of each digit (full batch, Adam), once; then cached.
+    Reproducible: its initial weights and training use their own seed, not the caller's random state."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        proxy = EdgeProxy()
     path = Path(cache_dir) / "finetune_mnist" / f"proxy_{cache_key('pixel_differences', per_class)}.safetensors"
-    if path.exists():
-        proxy.load_state_dict(load_file(str(path)))
+    cached = load_cached(path)
+    if cached is not None:
+        proxy.load_state_dict(cached)
         return proxy.eval()
     generator = torch.Generator().manual_seed(0)
     idx = torch.cat([torch.nonzero(data.train_y == c).flatten()[torch.randperm(int((data.train_y == c).sum()),
                                                                                generator=generator)[:per_class]]
                      for c in range(10)])
     x, y = data.train_x[idx], data.train_y[idx]
-    torch.manual_seed(0)
     optimizer = torch.optim.Adam(proxy.parameters(), lr=1e-2, weight_decay=1e-3)
     for _ in range(300):
         loss = F.cross_entropy(proxy(x), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-    save_with_card(proxy.state_dict(), path, {"per_class": per_class,
+    save_cached(proxy.state_dict(), path, {"per_class": per_class,
                                               "heldout_accuracy": accuracy(proxy.eval(), data.test_x, data.test_y)})
     return proxy.eval()
 

@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file
 from torch import nn
 
 from bilevel_diffusion.data.mnist import ImageData
@@ -27,8 +26,8 @@ from bilevel_diffusion.errors import ConfigError
 from bilevel_diffusion.lower_solvers.score_matching import ScoreMatchingSolver, fit
 from bilevel_diffusion.metrics.classifier import load_or_train_classifier
 from bilevel_diffusion.metrics.image_quality import FeatureDrift
-from bilevel_diffusion.rewards.mnist import (cache_key, class_log_odds, class_log_prob, load_or_train_proxy,
-                                             save_with_card)
+from bilevel_diffusion.checkpoint import load_cached, save_cached
+from bilevel_diffusion.rewards.mnist import cache_key, class_log_odds, class_log_prob, load_or_train_proxy
 from bilevel_diffusion.runtime import RunContext
 from bilevel_diffusion.schedules.family import NoiseSchedule
 from bilevel_diffusion.task import RewardTask
@@ -42,14 +41,15 @@ def load_or_train_pretrained(model: Callable[[], nn.Module], schedule: NoiseSche
                 schedule.as_dict(), schedule.num_train_timesteps, list(data.train_x.shape),
                 float(data.train_x.double().sum()), steps, batch_size, lr]
     path = Path(cache_dir) / "finetune_mnist" / f"pretrained_{cache_key(settings)}.safetensors"
-    if path.exists():
-        network.load_state_dict(load_file(str(path)))
+    cached = load_cached(path)
+    if cached is not None:
+        network.load_state_dict(cached)
         return network.eval()
     solver = ScoreMatchingSolver(network, num_steps=steps, batch_size=batch_size, lr=lr, weight_decay=0.01)
     fit(solver, lambda n, generator: data.batch(n, generator)[0], schedule.alphas_cumprod(),
         torch.Generator().manual_seed(0), device, desc="pre-training the MNIST eps-model")
     network = solver.ema_model()
-    save_with_card(network.state_dict(), path, {"settings": [str(part) for part in settings]})
+    save_cached(network.state_dict(), path, {"settings": [str(part) for part in settings]})
     return network
 
 

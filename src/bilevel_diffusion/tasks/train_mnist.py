@@ -12,6 +12,7 @@ from typing import Any
 from torch import nn
 
 from bilevel_diffusion.data.mnist import ImageData
+from bilevel_diffusion.errors import ConfigError
 from bilevel_diffusion.evaluation import build_image_quality
 from bilevel_diffusion.lower_solvers.score_matching import ScoreMatchingSolver
 from bilevel_diffusion.problems.schedule import ScheduleProblem
@@ -26,12 +27,17 @@ class TrainMNIST(Task):
     """Score matching for ``lower_solver.num_steps`` steps, then DDIM samples scored by FID and IS."""
 
     accepts = (Fixed,)
+    solvers = (ScoreMatchingSolver,)
 
     def __init__(self, name: str, data: ImageData, model: Callable[[], nn.Module], schedule: NoiseSchedule,
                  lower_solver: Callable[..., ScoreMatchingSolver], evaluation: Mapping[str, Any],
                  sampler: Mapping[str, Any], fid: Mapping[str, Any], log_every: int = 25,
                  checkpoint_every: int = 500) -> None:
         super().__init__(name)
+        batch_size = int(getattr(lower_solver, "keywords", {}).get("batch_size", 1))
+        if batch_size > data.train_x.shape[0]:
+            raise ConfigError(f"lower_solver.batch_size={batch_size:,} exceeds the {data.train_x.shape[0]:,} training "
+                              f"images of the data")
         self.data, self.model, self.schedule, self.lower_solver = data, model, schedule, lower_solver
         self.evaluation, self.sampler, self.fid = evaluation, sampler, fid
         self.log_every, self.checkpoint_every = int(log_every), int(checkpoint_every)

@@ -15,6 +15,8 @@ from omegaconf import DictConfig, OmegaConf
 from torchvision.utils import save_image
 
 from bilevel_diffusion.checkpoint import write_json_atomic
+from bilevel_diffusion.errors import ConfigError
+from bilevel_diffusion.tracking.credentials import wandb_credentials_found
 
 CONTRACT_FILES = ("config.yaml", "metrics.jsonl", "summary.json")
 
@@ -52,10 +54,25 @@ class Recorder:
         id_file = self.run_dir / "wandb_id.txt"
         run_id = id_file.read_text().strip() if id_file.exists() else secrets.token_hex(4)
         id_file.write_text(run_id)
-        return wandb.init(project=logger.project, entity=logger.get("entity"), mode=logger.mode,
-                          dir=str(self.run_dir), name=job_name, id=run_id, resume="allow",
-                          tags=list(logger.get("tags") or []), group=group,
-                          config=OmegaConf.to_container(cfg, resolve=True), reinit="create_new")
+
+        def start(mode: str):
+            return wandb.init(project=logger.project, entity=logger.get("entity"), mode=mode,
+                              dir=str(self.run_dir), name=job_name, id=run_id, resume="allow",
+                              tags=list(logger.get("tags") or []), group=group,
+                              config=OmegaConf.to_container(cfg, resolve=True), reinit="create_new",
+                              settings=wandb.Settings(init_timeout=float(logger.get("init_timeout", 30))))
+        if logger.mode == "online" and not wandb_credentials_found():  # logger.fallback_offline=true (preflight)
+            print("W&B: no credentials; logging offline (logger.fallback_offline=true)")
+            return start("offline")
+        try:
+            return start(str(logger.mode))
+        except Exception as err:  # noqa: BLE001 - wandb raises several types for "no network" / "bad key"
+            if logger.mode != "online" or not logger.get("fallback_offline"):
+                raise ConfigError(f"W&B could not start an online run ({type(err).__name__}: "
+                                  f"{str(err).splitlines()[0] if str(err) else ''}); use logger.mode=offline or "
+                                  f"logger.fallback_offline=true") from None
+            print(f"W&B: online start failed ({type(err).__name__}); logging offline (logger.fallback_offline=true)")
+            return start("offline")
 
     # -- time -------------------------------------------------------------------------------------------
     def wall_clock(self) -> float:
