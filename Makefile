@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 MODE   ?= quick
 
-.PHONY: help install test test-all demo smoke bench reproduce aggregate clean-outputs
+.PHONY: help install test test-all demo smoke bench reproduce aggregate pretrain clean-outputs
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -39,6 +39,9 @@ reproduce: $(STAMP)  ## the paper's tables and figures: MODE=smoke|quick|full (p
 
 aggregate: $(STAMP)  ## rebuild the tables and figures from existing runs: RUNS=outputs/reproduce/quick OUT=results
 	$(PY) scripts/aggregate.py $(or $(RUNS),outputs/reproduce/$(MODE)) --out $(or $(OUT),results$(if $(filter smoke,$(MODE)),/smoke))
+
+pretrain: $(STAMP)  ## train the embedded MNIST eps-model of task=finetune_mnist by its recipe (resumable; see docs/pretrained_mnist.md)
+	OMP_NUM_THREADS=$(or $(THREADS),1) $(PY) scripts/pretrain_mnist.py
 
 clean-outputs:  ## delete run directories (keeps outputs/cache)
 	rm -rf outputs/runs outputs/multirun outputs/demo outputs/smoke

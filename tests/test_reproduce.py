@@ -149,7 +149,8 @@ def test_smoke_searches_of_scenario_b_had_the_bilevel_budget(smoke) -> None:
 def test_resuming_a_finished_job_runs_nothing_and_keeps_its_results(smoke) -> None:
     run_dir = smoke / "runs" / "finetune_mnist" / "grid" / "seed_0"
     before = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()}
-    result = run_cli("task=finetune_mnist", "experiment=smoke", "upper_estimator=grid", "resume=true",
+    result = run_cli("task=finetune_mnist", "experiment=smoke", "upper_estimator=grid", "upper_estimator.num_points=3",
+                     "resume=true",
                      f"hydra.run.dir={run_dir}")
     assert result.returncode == 0 and "nothing to resume" in result.stdout
     after = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()}

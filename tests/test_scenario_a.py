@@ -31,9 +31,9 @@ def exact_pool(oracle: GaussianTilt, n: int, seed: int, lam_ref: float | None = 
     return RewardPool(oracle.r1(x), oracle.r2(x), lam_ref)
 
 
-def make_ctx(run_dir) -> RunContext:
+def make_ctx(run_dir, resume: bool = False) -> RunContext:
     return RunContext(run_dir=run_dir, cache_dir=run_dir, device=torch.device("cpu"), dtype=torch.float32, seed=0,
-                      resume=False, recorder=Recorder(run_dir, OmegaConf.create({})))
+                      resume=resume, recorder=Recorder(run_dir, OmegaConf.create({}), resume=resume))
 
 
 def test_oracle_lambda_star_zeroes_the_analytic_gradient() -> None:
@@ -258,9 +258,7 @@ def test_a_stopped_bilevel_loop_resumes_to_the_same_lambdas(tmp_path) -> None:
     stopped = tmp_path / "stopped"
     with pytest.raises(RuntimeError):
         estimator.optimise(dying, make_ctx(stopped), BOX, checkpoint_every=5)
-    resumed_ctx = make_ctx(stopped)
-    resumed_ctx.resume = True
-    resumed = estimator.optimise(draw, resumed_ctx, BOX, checkpoint_every=5)
+    resumed = estimator.optimise(draw, make_ctx(stopped, resume=True), BOX, checkpoint_every=5)
     assert resumed.lambdas == straight.lambdas and resumed.lam == straight.lam and resumed.nfe == straight.nfe
     steps = [row["step"] for row in read_jsonl(stopped / "metrics.jsonl")]
     assert steps == list(range(40)), "no lost and no repeated step"

@@ -81,19 +81,24 @@ def save_cached(tensors: dict[str, torch.Tensor], path: str | Path, card: dict[s
     return digest
 
 
+def checked_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor] | None, str | None]:
+    """(tensors, None) for a file written by :func:`save_cached` that passes its checksum, else (None, problem)."""
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            expected = (handle.metadata() or {}).get("sha256")
+            tensors = {name: handle.get_tensor(name) for name in handle.keys()}
+    except Exception as err:  # noqa: BLE001 - truncated or garbage files
+        return None, f"cannot be read ({type(err).__name__})"
+    return (tensors, None) if expected == tensor_digest(tensors) else (None, "fails its checksum")
+
+
 def load_cached(path: str | Path) -> dict[str, torch.Tensor] | None:
     """The tensors of a cache file written by :func:`save_cached`, or None when it is missing, unreadable or fails
     its checksum (then it is deleted, with one line on stderr, and the caller builds it again)."""
     path = Path(path)
     if not path.exists():
         return None
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            expected = (handle.metadata() or {}).get("sha256")
-            tensors = {name: handle.get_tensor(name) for name in handle.keys()}
-        problem = None if expected == tensor_digest(tensors) else "fails its checksum"
-    except Exception as err:  # noqa: BLE001 - truncated or garbage files
-        problem = f"cannot be read ({type(err).__name__})"
+    tensors, problem = checked_tensors(path)
     if problem is None:
         return tensors
     print(f"cache: {path} {problem}; building it again", file=sys.stderr)

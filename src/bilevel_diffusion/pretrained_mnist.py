@@ -8,14 +8,15 @@ weights. See ``docs/pretrained_mnist.md``.
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from bilevel_diffusion.checkpoint import checked_tensors
 from bilevel_diffusion.data.mnist import ImageData
+from bilevel_diffusion.errors import ConfigError
 from bilevel_diffusion.lower_solvers.score_matching import ScoreMatchingSolver, fit
 from bilevel_diffusion.models.unet import UNetEps
 from bilevel_diffusion.schedules.family import CosineSchedule
@@ -58,5 +59,46 @@ def train(data: ImageData, work_dir: Path, recipe: dict[str, Any] = RECIPE, devi
     return solver.ema_model()
 
 
-def sha256(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+def load(device: str | torch.device = "cpu") -> nn.Module:
+    """The embedded pre-trained eps-model (eval mode); a missing or damaged file is one :class:`ConfigError`."""
+    if not WEIGHTS.exists():
+        raise ConfigError(f"the embedded MNIST eps-model {WEIGHTS} is missing; reinstall the package or train it with "
+                          f"`make pretrain` (or use task.pretrained=train)")
+    tensors, problem = checked_tensors(WEIGHTS)
+    if problem is not None:
+        raise ConfigError(f"the embedded MNIST eps-model {WEIGHTS} {problem}; restore it (git checkout) or train it "
+                          f"again with `make pretrain`")
+    network = build_network()
+    network.load_state_dict(tensors)
+    return network.to(device).eval()
+
+
+def evaluate(network: nn.Module, data: ImageData, cache_dir: Path, num_samples: int = 1000,
+             num_inference_steps: int = 50, noise_seed: int = 1234, recipe: dict[str, Any] = RECIPE,
+             device: str = "cpu") -> dict[str, Any]:
+    """The card's numbers: FID (project CNN features) of ``num_samples`` DDIM samples against the held-out digits,
+    the real-data floor at the same n (as many training digits against the held-out ones), and the fraction of
+    samples (and of held-out digits) the CNN classifies with p > 0.9."""
+    from bilevel_diffusion.evaluation import fixed_noise
+    from bilevel_diffusion.metrics.classifier import load_or_train_classifier
+    from bilevel_diffusion.metrics.image_quality import ImageQuality
+    from bilevel_diffusion.sampling.ddim import ddim_sample, make_ddim_scheduler
+
+    scheduler = make_ddim_scheduler(build_schedule(recipe).betas().detach())
+    samples, _ = ddim_sample(network.to(device), scheduler, fixed_noise(num_samples, noise_seed), num_inference_steps,
+                             batch_size=500, device=device)
+    quality = ImageQuality(data.test_x, features="mnist_classifier", cache_dir=cache_dir, device=device)
+    real = data.train_x[torch.randperm(data.train_x.shape[0], generator=torch.Generator().manual_seed(0))]
+    classifier = load_or_train_classifier(cache_dir).eval()
+
+    def confident(images: torch.Tensor) -> float:
+        with torch.no_grad():
+            return float((classifier(images).softmax(-1).amax(-1) > 0.9).float().mean())
+
+    n_real = min(num_samples, real.shape[0])
+    fid, floor = quality.fid_score(samples), quality.fid_score(real[:n_real])
+    return {"num_samples": num_samples, "num_inference_steps": num_inference_steps, "noise_seed": noise_seed,
+            "reference": f"{data.test_x.shape[0]} held-out digits", "features": quality.label,
+            "fid": fid, "fid_floor": floor, "fid_floor_n": n_real, "fid_over_floor": fid / floor,
+            "confident_fraction": confident(samples), "confident_fraction_heldout": confident(data.test_x),
+            "samples": samples}

@@ -1,7 +1,9 @@
 """``task=finetune_mnist``: the CPU-scale stand-in for the Stable Diffusion experiment of Scenario A (paper Sec. 3.1).
 
-- pre-trained model: an unconditional MNIST eps-model trained by the project's score-matching loop on the task's
-  data, cached under ``<cache_dir>/finetune_mnist/`` keyed by its settings;
+- pre-trained model: the embedded MNIST eps-model (``task.pretrained=embedded``, the default;
+  :mod:`bilevel_diffusion.pretrained_mnist`, ``docs/pretrained_mnist.md``), or one trained by the project's
+  score-matching loop on the task's data (``task.pretrained=train``: ``model`` and ``task.pretrain``), cached under
+  ``<cache_dir>/finetune_mnist/`` keyed by its settings;
 - "prompt" = a target digit class;
 - r2 (the reward being fine-tuned, the paper's synthetic reward) = log-odds of the target class under a weak proxy
   classifier; r1 (the upper objective, the paper's CLIP score) = log-probability of the target class under the
@@ -21,6 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from bilevel_diffusion import pretrained_mnist
 from bilevel_diffusion.data.mnist import ImageData
 from bilevel_diffusion.errors import ConfigError
 from bilevel_diffusion.lower_solvers.score_matching import ScoreMatchingSolver, fit
@@ -57,21 +60,33 @@ class FinetuneMNIST(RewardTask):
     """Scenario A on MNIST: learn lambda so that guidance by the weak proxy (r2) helps the strong CNN (r1)."""
 
     def __init__(self, name: str, data: ImageData, model: Callable[[], nn.Module], schedule: NoiseSchedule,
-                 prompts: Sequence[int] = (3, 7), proxy_per_class: int = 20, pretrain: Mapping[str, Any] | None = None,
-                 **settings: Any) -> None:
+                 prompts: Sequence[int] = (3, 7), proxy_per_class: int = 20, pretrained: str = "embedded",
+                 pretrain: Mapping[str, Any] | None = None, **settings: Any) -> None:
         super().__init__(name, **settings)
+        if pretrained not in ("embedded", "train"):
+            raise ConfigError(f"task.pretrained must be embedded or train (got {pretrained!r})")
+        if pretrained == "embedded":
+            trained_under = pretrained_mnist.build_schedule()
+            if (schedule.name, schedule.as_dict(), schedule.num_train_timesteps) != (
+                    trained_under.name, trained_under.as_dict(), trained_under.num_train_timesteps):
+                raise ConfigError(f"the embedded MNIST eps-model was trained under schedule={trained_under.name} "
+                                  f"{trained_under.as_dict()}; use that schedule or task.pretrained=train")
         if not prompts or not all(isinstance(p, int) and 0 <= p <= 9 for p in prompts):
             raise ConfigError(f"task.prompts must be a non-empty list of digits 0..9 (got {list(prompts)})")
         if proxy_per_class < 1:
             raise ConfigError(f"task.proxy_per_class must be >= 1 (got {proxy_per_class})")
         self.data, self.model, self.schedule = data, model, schedule
         self.prompts, self.proxy_per_class = list(prompts), int(proxy_per_class)
+        self.pretrained = pretrained
         self.pretrain = {"num_steps": 3000, "batch_size": 128, "lr": 2e-3, **(pretrain or {})}
 
     def problem_parts(self, ctx: RunContext) -> dict[str, Any]:
-        model = load_or_train_pretrained(self.model, self.schedule, self.data, int(self.pretrain["num_steps"]),
-                                         int(self.pretrain["batch_size"]), float(self.pretrain["lr"]),
-                                         ctx.cache_dir, ctx.device)
+        if self.pretrained == "embedded":
+            model = pretrained_mnist.load(ctx.device)
+        else:
+            model = load_or_train_pretrained(self.model, self.schedule, self.data, int(self.pretrain["num_steps"]),
+                                             int(self.pretrain["batch_size"]), float(self.pretrain["lr"]),
+                                             ctx.cache_dir, ctx.device)
         model.requires_grad_(False)
         strong = load_or_train_classifier(ctx.cache_dir).to(ctx.device).requires_grad_(False)
         proxy = load_or_train_proxy(self.data, self.proxy_per_class, ctx.cache_dir).to(ctx.device)
@@ -81,4 +96,5 @@ class FinetuneMNIST(RewardTask):
                 "r2": lambda digit: class_log_odds(proxy, digit), "drift": FeatureDrift(ctx.cache_dir, ctx.device)}
 
     def extra_summary(self, result: Mapping[str, Any]) -> dict[str, Any]:
-        return {"prompts": self.prompts, "fid_features": "mnist_classifier (project CNN, 128-d penultimate layer)"}
+        return {"prompts": self.prompts, "pretrained": self.pretrained,
+                "fid_features": "mnist_classifier (project CNN, 128-d penultimate layer)"}
