@@ -36,4 +36,7 @@ def test_killed_anywhere_and_resumed_equals_uninterrupted(task, estimator, tmp_p
     kill_after_lines(args, stopped, point)
     code, stderr = run_in_process(*args, f"hydra.run.dir={stopped}", "resume=true")
     assert code == 0, stderr[-3000:]
-    assert results(stopped) == results(straight), f"killed after {point} of {total} lines"
+    (rows, summary), (rows_again, summary_again) = results(straight), results(stopped)
+    differences = [(a["step"], {k: (a.get(k), b.get(k)) for k in a.keys() | b.keys() if a.get(k) != b.get(k)})
+                   for a, b in zip(rows, rows_again) if a != b]
+    assert (rows, summary) == (rows_again, summary_again), f"killed after {point} of {total} lines: {differences}"

@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 import optuna
+import torch
 from optuna.trial import TrialState
 from tqdm.auto import tqdm
 
@@ -170,7 +171,9 @@ class SearchEstimator(UpperEstimator):
         bar = tqdm(total=budget, initial=len(trials), desc=f"{self.name} search trials", disable=None)
         while len(trials) < budget and not self._out_of_time(ctx, start_wall, len(trials)):
             study.sampler = self.make_sampler(space, len(trials))
-            trial = study.ask(distributions)
+            with torch.random.fork_rng(devices=[]):  # GPSampler's optimiser draws from torch's global generator
+                torch.manual_seed(self.seed + len(trials))
+                trial = study.ask(distributions)
             params = distributed.broadcast({name: float(value) for name, value in trial.params.items()})
             result = dict(evaluate(params))
             if "objective" not in result or "sampler_nfe" not in result:
@@ -205,11 +208,17 @@ class SearchEstimator(UpperEstimator):
     @staticmethod
     def _restore(study: optuna.Study, ctx: RunContext, names: Sequence[str]) -> list[TrialRecord]:
         """Trials evaluated before a stop (in order); a trial cut off mid-evaluation is failed and queued again
-        (unless the stop came before all its parameters were stored: then the sampler proposes it afresh)."""
+        (unless the stop came before all its parameters were stored: then the sampler proposes it afresh), and one
+        cut off after its result was stored but before it was told is told now (samplers see what they would have)."""
         done: list[TrialRecord] = []
         for frozen in study.get_trials(deepcopy=False):
             if _RESULT_ATTR in frozen.user_attrs:
-                done.append(TrialRecord(len(done), dict(frozen.params), dict(frozen.user_attrs[_RESULT_ATTR])))
+                record = TrialRecord(len(done), dict(frozen.params), dict(frozen.user_attrs[_RESULT_ATTR]))
+                done.append(record)
+                if frozen.state == TrialState.RUNNING:
+                    finite = math.isfinite(record.objective)
+                    study.tell(frozen.number, record.objective if finite else None,
+                               state=TrialState.COMPLETE if finite else TrialState.FAIL)
             elif frozen.state == TrialState.RUNNING:
                 study.tell(frozen.number, state=TrialState.FAIL)
                 if set(names) <= set(frozen.params):
