@@ -19,6 +19,7 @@ def test_smoke_run_writes_the_run_contract(tmp_path, smoke_args) -> None:
     summary = assert_run_contract(tmp_path, "train_mnist", "fixed")
     assert summary["fid"] > 0 and summary["is"] >= 1.0 and summary["objective"] == summary["fid"]
     assert summary["sampler_nfe"] == 32 * 3
+    assert isinstance(summary["kid"], float) and summary["eval_num_samples"] == 32  # KID and n beside the FID
     assert summary["schedule"]["name"] == "cosine" and summary["fid_features"].startswith("mnist_classifier")
     assert (tmp_path / "samples.png").is_file() and (tmp_path / "checkpoints" / "last.pt").is_file()
     assert [row["step"] for row in read_jsonl(tmp_path / "metrics.jsonl") if "loss" in row] == [2, 4, 6]

@@ -18,8 +18,10 @@ def _run(folder, **summary) -> None:
 
 def test_tables_average_over_seeds_and_split_by_scenario(tmp_path) -> None:
     runs = tmp_path / "runs"
-    _run(runs / "a", task="train_mnist", method="fixed", seed=0, fid=10.0, wall_clock_s=5.0, sampler_nfe=100, **{"is": 2.0})
-    _run(runs / "b", task="train_mnist", method="fixed", seed=1, fid=14.0, wall_clock_s=7.0, sampler_nfe=100, **{"is": 2.0})
+    _run(runs / "a", task="train_mnist", method="fixed", seed=0, fid=10.0, kid=0.01, eval_num_samples=64,
+         wall_clock_s=5.0, sampler_nfe=100, **{"is": 2.0})
+    _run(runs / "b", task="train_mnist", method="fixed", seed=1, fid=14.0, kid=0.03, eval_num_samples=64,
+         wall_clock_s=7.0, sampler_nfe=100, **{"is": 2.0})
     _run(runs / "c", task="finetune_gaussian", method="closed_form", seed=0, r1=-1.5, r2=2.0, wall_clock_s=1.0,
          sampler_nfe=0, fid_vs_pretrained=0.5, **{"lambda": 0.25})
     tables = write_tables(runs, tmp_path / "out", {"train_mnist": {"fixed": "n/a"}})
@@ -29,7 +31,7 @@ def test_tables_average_over_seeds_and_split_by_scenario(tmp_path) -> None:
     (gauss,) = tables["table1"]
     assert gauss.cells["lambda"] == (0.25, 0.0)
     markdown = (tmp_path / "out" / "table2.md").read_text()
-    assert "| train_mnist | fixed | 2 | 12.00 ± 2.83 | 2.00 |" in markdown
+    assert "| train_mnist | fixed | 2 | 12.00 ± 2.83 | 0.0200 ± 0.0141 | 64 | 2.00 |" in markdown  # n beside FID/KID
     assert r"12.00 $\pm$ 2.83" in (tmp_path / "out" / "table2.tex").read_text()
     with (tmp_path / "out" / "table1.csv").open() as handle:
         (record,) = list(csv.DictReader(handle))
@@ -42,6 +44,6 @@ def test_aggregate_script_reruns_on_existing_runs(tmp_path) -> None:
     for _ in range(2):
         result = subprocess.run(command, capture_output=True, text=True)
         assert result.returncode == 0, result.stderr
-    assert "| train_mnist | fixed | 1 | 1.00 |" in (tmp_path / "r" / "table2.md").read_text()
+    assert "| train_mnist | fixed | 1 | 1.00 | – | – |" in (tmp_path / "r" / "table2.md").read_text()
     missing = subprocess.run([*command[:2], str(tmp_path / "nope")], capture_output=True, text=True)
     assert missing.returncode != 0 and "not a folder of runs" in missing.stderr

@@ -1,4 +1,5 @@
-"""Reported sample quality of an eps-model: DDIM samples from fixed noise, FID and IS, and a sample grid."""
+"""Reported sample quality of an eps-model: DDIM samples from fixed noise, FID, KID and IS, and a sample
+grid."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from bilevel_diffusion.sampling.ddim import ddim_sample, make_ddim_scheduler
 class SampleReport:
     images: torch.Tensor
     fid: float
+    kid: float
     inception_score: float
     inception_score_std: float
     sampler_nfe: int
@@ -48,4 +50,4 @@ def report_samples(model: nn.Module, betas: torch.Tensor, quality: ImageQuality,
                               progress=True)
     ctx.recorder.save_images(grid_name, images[:int(evaluation["grid_size"])])
     is_mean, is_std = quality.inception_score(images)
-    return SampleReport(images, quality.fid_score(images), is_mean, is_std, nfe)
+    return SampleReport(images, quality.fid_score(images), quality.kid_score(images), is_mean, is_std, nfe)

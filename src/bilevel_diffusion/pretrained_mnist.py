@@ -76,8 +76,8 @@ def load(device: str | torch.device = "cpu") -> nn.Module:
 def evaluate(network: nn.Module, data: ImageData, cache_dir: Path, num_samples: int = 1000,
              num_inference_steps: int = 50, noise_seed: int = 1234, recipe: dict[str, Any] = RECIPE,
              device: str = "cpu") -> dict[str, Any]:
-    """The card's numbers: FID (project CNN features) of ``num_samples`` DDIM samples against the held-out digits,
-    the real-data floor at the same n (as many training digits against the held-out ones), and the fraction of
+    """The card's numbers: FID and KID (project CNN features) of ``num_samples`` DDIM samples against the held-out
+    digits, the real-data floor at the same n (as many training digits against the held-out ones), and the fraction of
     samples (and of held-out digits) the CNN classifies with p > 0.9."""
     from bilevel_diffusion.evaluation import fixed_noise
     from bilevel_diffusion.metrics.classifier import load_or_train_classifier
@@ -100,5 +100,6 @@ def evaluate(network: nn.Module, data: ImageData, cache_dir: Path, num_samples: 
     return {"num_samples": num_samples, "num_inference_steps": num_inference_steps, "noise_seed": noise_seed,
             "reference": f"{data.test_x.shape[0]} held-out digits", "features": quality.label,
             "fid": fid, "fid_floor": floor, "fid_floor_n": n_real, "fid_over_floor": fid / floor,
+            "kid": quality.kid_score(samples), "kid_floor": quality.kid_score(real[:n_real]),
             "confident_fraction": confident(samples), "confident_fraction_heldout": confident(data.test_x),
             "samples": samples}

@@ -1,4 +1,4 @@
-"""FID and Inception Score through torchmetrics, with a pluggable feature network.
+"""FID, KID and Inception Score through torchmetrics, with a pluggable feature network.
 
 ``metrics.fid.features=mnist_classifier`` (default): the project's MNIST CNN (penultimate layer for FID, logits
 for IS). ``metrics.fid.features=inception``: torch-fidelity's FID Inception-v3 from a local weights file.
@@ -12,8 +12,10 @@ import torch
 from torch import nn
 from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.inception import InceptionScore
+from torchmetrics.image.kid import KernelInceptionDistance
 
 from bilevel_diffusion.errors import ConfigError
+from bilevel_diffusion.metrics.distances import kid_compute
 from bilevel_diffusion.metrics.classifier import FEATURE_DIM, MNISTClassifier, load_or_train_classifier
 
 
@@ -36,7 +38,7 @@ class _ClassifierLogits(_ClassifierFeatures):
 
 
 class ImageQuality:
-    """FID of generated images against a fixed real set, and IS; real statistics are computed once."""
+    """FID and KID of generated images against a fixed real set, and IS; real features are computed once."""
 
     def __init__(self, real: torch.Tensor, features: str = "mnist_classifier", cache_dir: str | Path = "outputs/cache",
                  inception_path: str | None = None, device: torch.device | str = "cpu", batch_size: int = 500) -> None:
@@ -44,6 +46,8 @@ class ImageQuality:
         if features == "mnist_classifier":
             classifier = load_or_train_classifier(cache_dir)
             self.fid = FrechetInceptionDistance(feature=_ClassifierFeatures(classifier), reset_real_features=False)
+            self.kid = KernelInceptionDistance(feature=_ClassifierFeatures(classifier), subset_size=2,
+                                               reset_real_features=False)
             self.inception = InceptionScore(feature=_ClassifierLogits(classifier))
             self.label = "mnist_classifier (project CNN, 128-d penultimate layer)"
         elif features == "inception":
@@ -53,13 +57,17 @@ class ImageQuality:
                                   f"(got {inception_path!r})")
             self.fid = FrechetInceptionDistance(feature=2048, normalize=True, reset_real_features=False,
                                                 feature_extractor_weights_path=str(inception_path))
+            self.kid = KernelInceptionDistance(feature=2048, normalize=True, subset_size=2, reset_real_features=False,
+                                               feature_extractor_weights_path=str(inception_path))
             self.inception = InceptionScore(normalize=True, feature_extractor_weights_path=str(inception_path))
             self.label = "inception-v3 (torch-fidelity FID weights, pool3 2048-d)"
         else:
             raise ConfigError(f"metrics.fid.features must be mnist_classifier or inception (got {features!r})")
-        self.fid.to(self.device)
-        self.inception.to(self.device)
+        for metric in (self.fid, self.kid, self.inception):
+            metric.to(self.device)
+        self.num_real = real.shape[0]
         self._update(self.fid, real, real=True)
+        self._update(self.kid, real, real=True)
 
     def _prepare(self, images: torch.Tensor) -> torch.Tensor:
         if self.features == "inception":  # 3-channel [0, 1]
@@ -80,6 +88,15 @@ class ImageQuality:
         return float(self.fid.compute())
 
     @torch.no_grad()
+    def kid_score(self, fake: torch.Tensor) -> float:
+        """KID (unbiased) of ``fake`` against the real set, on subsets of min(n_fake, n_real) samples."""
+        if fake.shape[0] < 2:
+            raise ConfigError(f"KID needs at least 2 generated images (got {fake.shape[0]})")
+        self.kid.reset()
+        self._update(self.kid, fake, real=False)
+        return kid_compute(self.kid, self.num_real, fake.shape[0])
+
+    @torch.no_grad()
     def inception_score(self, fake: torch.Tensor) -> tuple[float, float]:
         """(mean, std) of the Inception Score over torchmetrics' 10 splits."""
         self.inception.reset()
@@ -89,15 +106,16 @@ class ImageQuality:
 
 
 class FeatureDrift:
-    """FID between two sample sets (``fid_vs_pretrained`` of the MNIST tasks): the second set is the reference,
-    whose statistics are computed once per reference tensor."""
+    """FID and KID between two sample sets (``fid_vs_pretrained`` / ``kid_vs_pretrained`` of the MNIST tasks): the
+    second set is the reference, whose features are computed once per reference tensor."""
 
     def __init__(self, cache_dir: str | Path, device: torch.device | str = "cpu") -> None:
         self.cache_dir, self.device, self._by_reference = cache_dir, device, {}
 
-    def __call__(self, samples: torch.Tensor, reference: torch.Tensor) -> float:
+    def __call__(self, samples: torch.Tensor, reference: torch.Tensor) -> dict[str, float]:
         quality = self._by_reference.get(id(reference))
         if quality is None:
             quality = ImageQuality(reference, cache_dir=self.cache_dir, device=self.device)
             self._by_reference[id(reference)] = quality
-        return quality.fid_score(samples)
+        return {"fid": quality.fid_score(samples), "kid": quality.kid_score(samples),
+                "n": min(samples.shape[0], reference.shape[0])}

@@ -8,8 +8,9 @@ metric and the guided sampler (``lower_solver=guided_sampling``, paper Alg. 5); 
 - :meth:`draw_pools`: rewards of samples from ``p_pre`` or from the guided sampler (the closed-form estimator);
 - :meth:`search_space` / :meth:`trial` / :meth:`report_search`: one guided evaluation per lambda (the searches);
 - :meth:`report`: the *reported* evaluation at the chosen lambda, the same for every method: guided samples from
-  fixed noise (``eval.num_samples``, ``eval.seed``) for every prompt, scored by r1, r2 and ``fid_vs_pretrained``
-  (drift from the pre-trained samples on the same noise), averaged over prompts; ``objective = -r1``.
+  fixed noise (``eval.num_samples``, ``eval.seed``) for every prompt, scored by r1, r2 and the drift from the
+  pre-trained samples on the same noise (``fid_vs_pretrained``, ``kid_vs_pretrained`` on
+  ``distance_num_samples`` per set), averaged over prompts; ``objective = -r1``.
 
 ``sampler_nfe`` = ``method_nfe`` (what the method spent choosing lambda) + the reported evaluation's NFEs;
 ``sampler_cost`` is the same in forward-pass equivalents (a guided step also back-propagates through the network,
@@ -50,7 +51,7 @@ class RewardProblem:
 
     def __init__(self, *, name: str, eps_fn: EpsFn | Callable[[Any], EpsFn], betas: torch.Tensor,
                  sample_shape: tuple[int, ...], prompts: Sequence[Any], r1: Callable[[Any], Reward],
-                 r2: Callable[[Any], Reward], drift: Callable[[torch.Tensor, torch.Tensor], float],
+                 r2: Callable[[Any], Reward], drift: Callable[[torch.Tensor, torch.Tensor], Mapping[str, float]],
                  sampler: GuidedSampler, ctx: RunContext, evaluation: Mapping[str, Any], pool_samples: int,
                  trial_samples: int, lambda_space: Mapping[str, Any], log_every: int = 1, checkpoint_every: int = 0,
                  conditional: bool = False, decode: Callable[[torch.Tensor], torch.Tensor] | None = None,
@@ -128,8 +129,10 @@ class RewardProblem:
             shown.append(out.images[:self.grid_size])
         if save_as is not None:
             self._save_samples(save_as, shown, reference[:self.grid_size], lam)
-        r1, r2, drift = (sum(col) / len(rows) for col in zip(*rows))
-        return {"objective": -r1, "lambda": lam, "r1": r1, "r2": r2, "fid_vs_pretrained": drift, "sampler_nfe": nfe,
+        r1, r2 = (sum(row[i] for row in rows) / len(rows) for i in (0, 1))
+        fid, kid = (sum(row[2][key] for row in rows) / len(rows) for key in ("fid", "kid"))
+        return {"objective": -r1, "lambda": lam, "r1": r1, "r2": r2, "fid_vs_pretrained": fid,
+                "kid_vs_pretrained": kid, "distance_num_samples": rows[0][2]["n"], "sampler_nfe": nfe,
                 "sampler_cost": cost}
 
     def report(self, lam: float, method_nfe: int, step: int, reward: Callable[[Any], Reward] | None = None,

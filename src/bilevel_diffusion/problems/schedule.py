@@ -102,8 +102,10 @@ class ScheduleProblem:
         sample_report = report_samples(model, schedule.betas(), self.quality, self.evaluation, self.ctx,
                                        self.clip_sample, self.timestep_spacing, grid_name=grid_name)
         if step is not None:
-            self.ctx.recorder.log(step, fid=sample_report.fid, inception_score=sample_report.inception_score)
-        return {"objective": sample_report.fid, "fid": sample_report.fid, "is": sample_report.inception_score,
+            self.ctx.recorder.log(step, fid=sample_report.fid, kid=sample_report.kid,
+                                  inception_score=sample_report.inception_score)
+        return {"objective": sample_report.fid, "fid": sample_report.fid, "kid": sample_report.kid,
+                "is": sample_report.inception_score,
                 "is_std": sample_report.inception_score_std, "sampler_nfe": sample_report.sampler_nfe,
                 "sampler_cost": sample_report.sampler_nfe,  # unguided DDIM: one forward pass per network evaluation
                 "fid_features": self.quality.label, "eval_num_samples": self.evaluation["num_samples"],
@@ -133,7 +135,8 @@ class ScheduleProblem:
         schedule = self.with_params(params)
         solver = self.train(schedule, desc="trial: score matching")
         result = self.report(solver.ema_model(), schedule, None, grid_name=_trial_grid_name(params))
-        return {**{key: result[key] for key in ("objective", "fid", "is", "is_std", "sampler_nfe", "sampler_cost")},
+        return {**{key: result[key] for key in ("objective", "fid", "kid", "is", "is_std", "sampler_nfe",
+                                                "sampler_cost")},
                 "train_steps": solver.num_steps}
 
     def report_search(self, found: Any) -> dict[str, Any]:
@@ -141,9 +144,10 @@ class ScheduleProblem:
         best, ctx = found.best_result, self.ctx
         trials_dir = ctx.shared_dir or ctx.run_dir  # rank 0's, which holds every trial's grid also after a resume
         shutil.copyfile(trials_dir / f"{_trial_grid_name(found.best_params)}.png", ctx.run_dir / "samples.png")
-        ctx.recorder.log(len(found.trials), fid=best["fid"], inception_score=best["is"],
+        ctx.recorder.log(len(found.trials), fid=best["fid"], kid=best.get("kid"), inception_score=best["is"],
                          best_trial=next(t.index for t in found.trials if t.result is best))
-        return {"objective": found.best_value, "fid": best["fid"], "is": best["is"], "is_std": best["is_std"],
+        return {"objective": found.best_value, "fid": best["fid"], "kid": best.get("kid"), "is": best["is"],
+                "is_std": best["is_std"],
                 "sampler_nfe": found.sampler_nfe, "sampler_cost": found.sampler_nfe, "fid_features": self.quality.label,
                 "eval_num_samples": self.evaluation["num_samples"],
                 "schedule": {"name": self.schedule.name, **found.best_params}, "trainings_used": len(found.trials),

@@ -17,14 +17,15 @@ from pathlib import Path
 
 #: (column title, summary.json key) of each table
 TABLE_COLUMNS: dict[str, list[tuple[str, str]]] = {
-    "table1": [("FID vs pre-trained", "fid_vs_pretrained"), ("r1 / CLIP score", "r1"), ("reward r2", "r2"),
+    "table1": [("FID vs pre-trained", "fid_vs_pretrained"), ("KID vs pre-trained", "kid_vs_pretrained"),
+               ("n per set (FID, KID)", "distance_num_samples"), ("r1 / CLIP score", "r1"), ("reward r2", "r2"),
                ("lambda", "lambda"), ("wall-clock (s)", "wall_clock_s"), ("sampler NFEs", "sampler_nfe"),
                ("sampler cost (forward passes)", "sampler_cost")],
-    "table2": [("FID", "fid"), ("IS", "is"), ("wall-clock (s)", "wall_clock_s"), ("trainings used", "trainings_used"),
-               ("sampler NFEs", "sampler_nfe")],
+    "table2": [("FID", "fid"), ("KID", "kid"), ("n generated (FID, KID)", "eval_num_samples"), ("IS", "is"),
+               ("wall-clock (s)", "wall_clock_s"), ("trainings used", "trainings_used"), ("sampler NFEs", "sampler_nfe")],
 }
 #: columns that count things (printed without decimals)
-COUNT_KEYS = {"sampler_nfe", "sampler_cost", "trainings_used"}
+COUNT_KEYS = {"sampler_nfe", "sampler_cost", "trainings_used", "distance_num_samples", "eval_num_samples"}
 PAPER_NOTE = ("Mean ± std over seeds. `paper`: the paper's reported number from configs/paper_numbers.yaml; "
               "empty where it is not known to this project (none is, so far).")
 #: which table a task's runs go to

@@ -31,7 +31,7 @@ from typing import Any
 import torch
 
 from bilevel_diffusion.errors import ConfigError
-from bilevel_diffusion.metrics.frechet import frechet_distance
+from bilevel_diffusion.metrics.distances import feature_distances
 from bilevel_diffusion.models.gaussian import GaussianEps
 from bilevel_diffusion.runtime import RunContext
 from bilevel_diffusion.schedules.family import NoiseSchedule
@@ -97,7 +97,7 @@ class FinetuneGaussian(RewardTask):
         return {"eps_fn": GaussianEps(self.oracle.mean, self.oracle.var, alphas_cumprod),
                 "betas": self.schedule.betas().detach(), "sample_shape": (len(self.oracle.mean),),
                 "prompts": ["gaussian"], "r1": lambda _: self.oracle.r1, "r2": lambda _: self.oracle.r2,
-                "drift": frechet_distance}
+                "drift": feature_distances}
 
     def extra_summary(self, result: Mapping[str, Any]) -> dict[str, Any]:
         lam, bounds = result["lambda"], (float(self.lambda_box["low"]), float(self.lambda_box["high"]))

@@ -11,7 +11,8 @@
 - with strong guidance (small lambda) the guided samples fool the proxy with stroke-like contrast patterns the CNN
   does not read as the digit: r2 keeps rising while r1 rises and then falls as lambda shrinks (paper Fig. 1,
   over-optimisation);
-- ``fid_vs_pretrained``: FID (CNN features) between guided and pre-trained samples, averaged over prompts.
+- ``fid_vs_pretrained`` / ``kid_vs_pretrained``: FID and KID (CNN features) between guided and pre-trained samples,
+  averaged over prompts, on ``distance_num_samples`` per set.
 """
 
 from __future__ import annotations

@@ -6,8 +6,8 @@ so the eps-model, the pre-trained samples and the rewards are per prompt. r2 (``
 being fine-tuned) is the task's reward model and r1 (``task.upper_reward``) the CLIP score of the prompt. Any
 Scenario A ``upper_estimator`` runs on it; the reported numbers are averaged over the prompts (the paper's Table 1):
 ``clip_score`` (= r1), ``reward`` (= r2), ``fid_vs_pretrained`` (FID between guided and pre-trained samples on the
-same noise, with the CLIP image embedding of r1's model as features, since Inception weights are not assumed) and
-``wall_clock_s``.
+same noise, with the CLIP image embedding of r1's model as features, since Inception weights are not assumed), its
+KID ``kid_vs_pretrained`` and ``wall_clock_s``.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from bilevel_diffusion.errors import ConfigError
-from bilevel_diffusion.metrics.frechet import frechet_distance
+from bilevel_diffusion.metrics.distances import feature_distances
 from bilevel_diffusion.models.stable_diffusion import load_stable_diffusion
 from bilevel_diffusion.rewards.base import ImageReward
 from bilevel_diffusion.rewards.clip_score import ClipScore
@@ -46,10 +46,11 @@ class FinetuneStableDiffusion(RewardTask):
                 "conditional": True, "decode": sd.decode, "nfe_per_sample": sd.nfe_per_sample}
 
     @torch.no_grad()
-    def drift(self, guided: torch.Tensor, reference: torch.Tensor) -> float:
-        """``fid_vs_pretrained``: Fréchet distance of r1's CLIP image embeddings, guided vs pre-trained."""
-        return frechet_distance(self.upper_reward.image_features(guided).cpu(),
-                                self.upper_reward.image_features(reference).cpu())
+    def drift(self, guided: torch.Tensor, reference: torch.Tensor) -> dict[str, float]:
+        """``fid_vs_pretrained`` / ``kid_vs_pretrained``: Fréchet and kernel distances of r1's CLIP image embeddings,
+        guided vs pre-trained."""
+        return feature_distances(self.upper_reward.image_features(guided).cpu(),
+                                 self.upper_reward.image_features(reference).cpu())
 
     def extra_summary(self, result: Mapping[str, Any]) -> dict[str, Any]:
         return {"clip_score": result["r1"], "reward": result["r2"], "prompts": self.prompts,

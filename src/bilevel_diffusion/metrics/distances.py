@@ -1,0 +1,60 @@
+"""Distances between two sets of feature vectors: the Fréchet distance (the FID formula) and the kernel distance
+(KID: unbiased squared MMD with the cubic polynomial kernel), both through torchmetrics.
+
+FID is biased upwards when n is not large against the feature dimension (the fitted covariances are rank-deficient
+below n = d); KID is unbiased at any n, so every distance this project reports comes with its KID and its n
+(docs/metrics.md).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torchmetrics.image.fid import FrechetInceptionDistance
+from torchmetrics.image.kid import KernelInceptionDistance
+
+#: random subsets torchmetrics' KID averages over when the two sets differ in size (one subset when they do not)
+KID_SUBSETS = 10
+
+
+class _Identity(nn.Module):
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.num_features = dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+def kid_compute(metric: KernelInceptionDistance, num_real: int, num_fake: int, seed: int = 0) -> float:
+    """KID of an updated ``metric`` on subsets of min(n_real, n_fake): the whole smaller set, so nothing is thrown
+    away; the subsets are drawn from ``seed`` without moving the caller's random state. The kernel is evaluated in
+    float64: with features of norm ~10² the cubic kernel reaches ~10⁶, and float32 cancellation would swamp the
+    difference of its means."""
+    metric.real_features = [f.double() for f in metric.real_features]
+    metric.fake_features = [f.double() for f in metric.fake_features]
+    metric.subset_size = min(num_real, num_fake)
+    metric.subsets = 1 if num_real == num_fake else KID_SUBSETS
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        mean, _ = metric.compute()
+    return float(mean)
+
+
+def feature_distances(a: torch.Tensor, b: torch.Tensor) -> dict[str, float]:
+    """``{"fid", "kid", "n"}`` between the feature sets ``a`` and ``b`` ([N, D] each); ``n`` = the smaller N."""
+    if min(a.shape[0], b.shape[0]) < 2:
+        raise ValueError(f"a distance needs at least 2 samples per set (got {a.shape[0]} and {b.shape[0]})")
+    dim = a.shape[1]
+    fid = FrechetInceptionDistance(feature=_Identity(dim))
+    kid = KernelInceptionDistance(feature=_Identity(dim), subset_size=2)
+    for metric in (fid, kid):
+        metric.update(b.double(), real=True)
+        metric.update(a.double(), real=False)
+    return {"fid": float(fid.compute()), "kid": kid_compute(kid, b.shape[0], a.shape[0]),
+            "n": min(a.shape[0], b.shape[0])}
+
+
+def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Fréchet distance between the Gaussians fitted to ``a`` and ``b`` ([N, D] each)."""
+    return feature_distances(a, b)["fid"]
