@@ -34,3 +34,17 @@ def test_unequal_sets_use_the_smaller_n_and_leave_the_random_state_alone() -> No
     assert first["n"] == 30
     with pytest.raises(ValueError, match="at least 2"):
         feature_distances(_gaussian(1, 8, 0), _gaussian(10, 8, 1))
+
+
+def test_paired_kid_is_unbiased_for_pairs_that_share_their_noise() -> None:
+    # a_i and b_i nearly equal (guided and pre-trained samples from one noise at a large lambda): the distributions
+    # are almost the same, so the KID must be ~0; the two-sample form, which keeps k(a_i, b_i), is far below 0
+    a = [_gaussian(64, 16, i) for i in range(8)]
+    b = [x + 0.01 * _gaussian(64, 16, 100 + i) for i, x in enumerate(a)]
+    paired = torch.tensor([feature_distances(x, y, paired=True)["kid"] for x, y in zip(a, b)])
+    unpaired = torch.tensor([feature_distances(x, y)["kid"] for x, y in zip(a, b)])
+    assert paired.abs().max() < 0.01 and unpaired.mean() < -0.2, (paired, unpaired)
+    shifted = feature_distances(a[0] + 0.5, a[0], paired=True)
+    assert shifted["kid"] > 0.2
+    with pytest.raises(ValueError, match="same size"):
+        feature_distances(a[0], a[1][:10], paired=True)

@@ -158,3 +158,26 @@ def test_every_corner_of_a_learned_box_is_a_valid_schedule(family: str) -> None:
         assert float(abar[0]) > 0.99, corner
         if dict(zip(schedule.param_names, corner))["end"] == 1.0:  # end < 1 stops short of noise: f(t')/f(start)
             assert float(abar[-1]) < 1e-6, corner
+
+
+def test_searches_select_on_their_own_noise_and_report_the_chosen_trial_on_the_evaluation_noise(tmp_path,
+                                                                                              monkeypatch) -> None:
+    """No trial ever samples the evaluation noise; the reported FID is the chosen trial's model on it."""
+    from bilevel_diffusion.problems import schedule as schedule_module
+    from bilevel_diffusion.upper_estimators.random import RandomSearch
+
+    problem, cfg, ctx = _problem(tmp_path)
+    seeds: list[int] = []
+    real_noise = schedule_module.fixed_noise
+    monkeypatch.setattr(schedule_module, "fixed_noise", lambda n, seed, *a: seeds.append(seed) or real_noise(n, seed, *a))
+    found = RandomSearch(n_trials=2, seed=0).search(problem.search_space(), problem.trial, ctx)
+    assert seeds and cfg.eval.seed not in seeds, "a trial sampled the evaluation noise"
+    assert all(t.result["objective"] == t.result["selection_fid"] for t in found.trials)
+    summary = problem.report_search(found)
+    chosen = problem.with_params(found.best_params)
+    retrained = problem.train(chosen).ema_model()
+    again = problem.report(retrained, chosen, None)
+    assert summary["fid"] == pytest.approx(again["fid"], rel=1e-6) and summary["objective"] == summary["fid"]
+    assert summary["selection_fid"] == found.best_value != summary["fid"]
+    assert summary["sampler_nfe"] == sum(t.result["sampler_nfe"] for t in found.trials) + again["sampler_nfe"]
+    assert summary["alphas_cumprod_T"] <= 1e-4 and summary["schedule_normalisation"] == "chen"

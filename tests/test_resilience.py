@@ -45,6 +45,8 @@ BAD_INPUT = {
     "delta <= 0": (["task=noise_schedule_mnist", "upper_estimator.delta=0"],
                    "upper_estimator.delta and delta_z must be > 0 (got 0"),
     "negative learning rate": (["task=train_mnist", "lower_solver.lr=-1"], "lower_solver.lr must be a number > 0 (got -1)"),
+    "warm-up ending at step 0": (["task=train_mnist", "lower_solver.num_steps=4"],
+                                 "lower_solver.num_steps=4 with pct_start=0.25 puts the end of the warm-up at step 0"),
     "one FID sample": (["task=train_mnist", "eval.num_samples=1"], "eval.num_samples must be an integer >= 2 (got 1)"),
     "empty prompt list": (["task=finetune_mnist", "task.prompts=[]"], "task.prompts must be a non-empty list"),
     "missing data folder": (["task=train_mnist", "data=mnist", "data.root={tmp}/no_mnist"],

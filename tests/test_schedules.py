@@ -61,3 +61,41 @@ def test_projection_clamps_into_the_box_and_keeps_start_below_end() -> None:
     for name, (lo, hi) in box.items():
         assert lo <= values[name] <= hi
     assert values["start"] < values["end"]
+
+
+def _box_grid(low_tau: float, high_tau: float):
+    """Every corner and midpoint of the official box (start, end, tau, eps)."""
+    import itertools
+
+    return itertools.product((0.0, 0.2, 0.4), (0.8, 0.9, 1.0), (low_tau, (low_tau + high_tau) / 2, high_tau),
+                             (0.0, 0.005, 0.04))
+
+
+def test_chen_normalisation_reaches_pure_noise_over_the_whole_box() -> None:
+    for family, taus in ((CosineSchedule, (1.0, 4.0)), (SigmoidSchedule, (0.2, 2.0))):
+        for start, end, tau, eps in _box_grid(*taus):
+            abar = family(start=start, end=end, tau=tau, eps=eps).alphas_cumprod()
+            assert float(abar[-1]) <= 1e-4, (family.__name__, start, end, tau, eps, float(abar[-1]))
+            assert float(abar[0]) > 0.9 and bool((abar[1:] <= abar[:-1]).all())
+
+
+def test_official_normalisation_stops_short_of_noise_when_end_is_below_one_and_agrees_at_end_one() -> None:
+    official = CosineSchedule(start=0.0, end=0.8, tau=1.0, eps=0.008, normalisation="official").alphas_cumprod()
+    assert 0.05 < float(official[-1]) < 0.15  # f(end)/f(start) = 0.094: the gap the chen form closes
+    for family in (CosineSchedule, SigmoidSchedule):
+        chen = family(start=0.2, end=1.0, tau=1.5, eps=0.01).alphas_cumprod()
+        same = family(start=0.2, end=1.0, tau=1.5, eps=0.01, normalisation="official").alphas_cumprod()
+        assert torch.allclose(chen, same, rtol=1e-9, atol=1e-12)
+
+
+def test_a_fixed_copy_keeps_the_normalisation() -> None:
+    import pytest
+
+    from bilevel_diffusion.errors import ConfigError
+
+    learned = CosineSchedule(start=0.0, end=0.9, tau=1.0, eps=0.008, learnable=True, normalisation="official")
+    copy = learned.with_values(**learned.as_dict())
+    assert copy.normalisation == "official" and not copy.raw.requires_grad
+    assert torch.equal(copy.alphas_cumprod(), learned.alphas_cumprod().detach())
+    with pytest.raises(ConfigError, match="normalisation"):
+        CosineSchedule(start=0.0, end=1.0, tau=1.0, eps=0.008, normalisation="chan")

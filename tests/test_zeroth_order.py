@@ -121,3 +121,23 @@ def test_outer_steps_split_the_lower_budget_into_warm_up_and_bilevel_steps() -> 
 def test_bad_settings_are_config_errors(kwargs, message) -> None:
     with pytest.raises(ConfigError, match=message):
         ZerothOrderEstimator(**kwargs)
+
+
+def test_perturbations_of_q_stay_in_its_box_and_keep_the_sign_at_an_edge() -> None:
+    """At the lower edge of a box [0, 1]^2 with f(w) = w_0 - w_1 (gradient (1, -1)), every evaluated point is inside
+    the box; the inward component keeps the two-sided estimate where the box allows it, the one pointing out of the
+    box the one-sided one (about half, same sign)."""
+    w = torch.tensor([0.0, 0.5], dtype=torch.float64)
+    seen: list[torch.Tensor] = []
+
+    def objective(_: int) -> float:
+        seen.append(w.clone())
+        return float(w[0] - w[1])
+
+    estimate = two_point_gradient([w], objective, 0.05, 4_000, torch.Generator().manual_seed(0),
+                                  project=lambda: w.clamp_(0.0, 1.0))
+    points = torch.stack(seen)
+    assert bool((points >= 0).all() and (points <= 1).all())
+    assert torch.equal(w, torch.tensor([0.0, 0.5], dtype=torch.float64)), "parameters must be restored"
+    grad = estimate.grads[0]
+    assert 0.4 < float(grad[0]) < 0.6 and -1.1 < float(grad[1]) < -0.9, grad

@@ -55,6 +55,9 @@ class ScoreMatchingSolver:
         check_policy(on_nonfinite, "lower_solver.on_nonfinite")
         if not 0.0 <= ema_decay < 1.0:
             raise ConfigError(f"lower_solver.ema_decay must be in [0, 1) (got {ema_decay})")
+        if num_steps > 0 and float(pct_start * num_steps) - 1 == 0:  # torch's OneCycleLR would divide by zero
+            raise ConfigError(f"lower_solver.num_steps={num_steps} with pct_start={pct_start} puts the end of the "
+                              f"warm-up at step 0; choose another num_steps or pct_start")
         self.model = model
         self.num_steps = int(num_steps)
         self.batch_size = int(batch_size)

@@ -15,7 +15,7 @@ from torchmetrics.image.inception import InceptionScore
 from torchmetrics.image.kid import KernelInceptionDistance
 
 from bilevel_diffusion.errors import ConfigError
-from bilevel_diffusion.metrics.distances import kid_compute
+from bilevel_diffusion.metrics.distances import LOCAL, feature_distances, kid_compute
 from bilevel_diffusion.metrics.classifier import FEATURE_DIM, MNISTClassifier, load_or_train_classifier
 
 
@@ -45,10 +45,11 @@ class ImageQuality:
         self.features, self.device, self.batch_size = features, torch.device(device), batch_size
         if features == "mnist_classifier":
             classifier = load_or_train_classifier(cache_dir)
-            self.fid = FrechetInceptionDistance(feature=_ClassifierFeatures(classifier), reset_real_features=False)
+            self.fid = FrechetInceptionDistance(feature=_ClassifierFeatures(classifier), reset_real_features=False,
+                                                **LOCAL)
             self.kid = KernelInceptionDistance(feature=_ClassifierFeatures(classifier), subset_size=2,
-                                               reset_real_features=False)
-            self.inception = InceptionScore(feature=_ClassifierLogits(classifier))
+                                               reset_real_features=False, **LOCAL)
+            self.inception = InceptionScore(feature=_ClassifierLogits(classifier), **LOCAL)
             self.label = "mnist_classifier (project CNN, 128-d penultimate layer)"
         elif features == "inception":
             if not inception_path or not Path(inception_path).is_file():
@@ -56,10 +57,11 @@ class ImageQuality:
                                   f"(weights-inception-2015-12-05-6726825d.pth) at metrics.fid.inception_path "
                                   f"(got {inception_path!r})")
             self.fid = FrechetInceptionDistance(feature=2048, normalize=True, reset_real_features=False,
-                                                feature_extractor_weights_path=str(inception_path))
+                                                feature_extractor_weights_path=str(inception_path), **LOCAL)
             self.kid = KernelInceptionDistance(feature=2048, normalize=True, subset_size=2, reset_real_features=False,
-                                               feature_extractor_weights_path=str(inception_path))
-            self.inception = InceptionScore(normalize=True, feature_extractor_weights_path=str(inception_path))
+                                               feature_extractor_weights_path=str(inception_path), **LOCAL)
+            self.inception = InceptionScore(normalize=True, feature_extractor_weights_path=str(inception_path),
+                                            **LOCAL)
             self.label = "inception-v3 (torch-fidelity FID weights, pool3 2048-d)"
         else:
             raise ConfigError(f"metrics.fid.features must be mnist_classifier or inception (got {features!r})")
@@ -106,16 +108,17 @@ class ImageQuality:
 
 
 class FeatureDrift:
-    """FID and KID between two sample sets (``fid_vs_pretrained`` / ``kid_vs_pretrained`` of the MNIST tasks): the
-    second set is the reference, whose features are computed once per reference tensor."""
+    """FID and KID between guided samples and the pre-trained samples on the same noise (``fid_vs_pretrained`` /
+    ``kid_vs_pretrained`` of the MNIST tasks), on the project CNN's features; KID in its paired form
+    (:func:`~bilevel_diffusion.metrics.distances.paired_kid`)."""
 
     def __init__(self, cache_dir: str | Path, device: torch.device | str = "cpu") -> None:
-        self.cache_dir, self.device, self._by_reference = cache_dir, device, {}
+        self.features = _ClassifierFeatures(load_or_train_classifier(cache_dir)).to(device).eval()
+        self.device = device
 
+    @torch.no_grad()
     def __call__(self, samples: torch.Tensor, reference: torch.Tensor) -> dict[str, float]:
-        quality = self._by_reference.get(id(reference))
-        if quality is None:
-            quality = ImageQuality(reference, cache_dir=self.cache_dir, device=self.device)
-            self._by_reference[id(reference)] = quality
-        return {"fid": quality.fid_score(samples), "kid": quality.kid_score(samples),
-                "n": min(samples.shape[0], reference.shape[0])}
+        def embed(images: torch.Tensor) -> torch.Tensor:
+            return self.features(images.clamp(-1, 1).to(self.device)).double().cpu()
+
+        return feature_distances(embed(samples), embed(reference), paired=True)

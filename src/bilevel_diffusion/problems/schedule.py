@@ -9,7 +9,10 @@ box), the score-matching solver factory and the reported-FID evaluator; upper es
 - :meth:`new_solver`, :meth:`next_batch`, :meth:`lower_loss`, :meth:`in_loop_fid`: the pieces of the bilevel loop
   (paper Alg. 6: the estimator owns the loop);
 - :meth:`train`: one full training under a fixed schedule (paper Alg. 3, the project's one training loop);
-- :meth:`search_space` / :meth:`trial` / :meth:`report_search`: one training per schedule (the searches);
+- :meth:`search_space` / :meth:`trial` / :meth:`report_search`: one training per schedule (the searches). A trial
+  is ranked by its *selection* FID, on noise disjoint from the evaluation noise (seed ``eval.seed +``
+  :data:`SELECTION_SEED_OFFSET`); only the chosen trial is evaluated on the evaluation noise, so the reported FID
+  is not the minimum of many noisy FIDs (no winner's curse, ``docs/method.md``);
 - :meth:`report`: the *reported* FID/IS of a trained model (``eval.num_samples`` DDIM samples from fixed noise),
   the same for every method; never the cheap in-loop FID.
 """
@@ -18,7 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
+import sys
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -33,6 +36,17 @@ from bilevel_diffusion.metrics.image_quality import ImageQuality
 from bilevel_diffusion.runtime import RunContext
 from bilevel_diffusion.sampling.ddim import ddim_sample, make_ddim_scheduler
 from bilevel_diffusion.schedules.family import NoiseSchedule
+
+
+#: the selection noise of search trials is ``fixed_noise(eval.num_samples, eval.seed + SELECTION_SEED_OFFSET)``
+SELECTION_SEED_OFFSET = 1_000_003
+
+
+def _end_point(schedule: NoiseSchedule) -> dict[str, Any]:
+    """``alphas_cumprod_T`` (how close the schedule's last timestep is to pure noise) and its normalisation."""
+    with torch.no_grad():
+        end = float(schedule.alphas_cumprod()[-1])
+    return {"alphas_cumprod_T": end, **{f"schedule_{k}": v for k, v in schedule.options().items()}}
 
 
 def _trial_grid_name(params: Mapping[str, float]) -> str:
@@ -57,6 +71,7 @@ class ScheduleProblem:
         self.lower_solver, self.quality, self.evaluation, self.ctx = lower_solver, quality, evaluation, ctx
         self.clip_sample, self.timestep_spacing = bool(sampler["clip_sample"]), str(sampler["timestep_spacing"])
         self.log_every, self.checkpoint_every = int(log_every), int(checkpoint_every)
+        self._best_trial: tuple[float, dict[str, float], dict[str, torch.Tensor]] | None = None
 
     # -- the lower level --------------------------------------------------------------------------------------
     def new_solver(self) -> ScoreMatchingSolver:
@@ -109,13 +124,12 @@ class ScheduleProblem:
                 "is_std": sample_report.inception_score_std, "sampler_nfe": sample_report.sampler_nfe,
                 "sampler_cost": sample_report.sampler_nfe,  # unguided DDIM: one forward pass per network evaluation
                 "fid_features": self.quality.label, "eval_num_samples": self.evaluation["num_samples"],
-                "schedule": {"name": schedule.name, **schedule.as_dict()}}
+                "schedule": {"name": schedule.name, **schedule.as_dict()}, **_end_point(schedule)}
 
     # -- the search interface ---------------------------------------------------------------------------------
     def with_params(self, params: Mapping[str, float]) -> NoiseSchedule:
         """A fixed (non-learnable) schedule of the problem's family with ``params``."""
-        schedule = self.schedule
-        return type(schedule)(name=schedule.name, num_train_timesteps=schedule.num_train_timesteps, **params)
+        return self.schedule.with_values(**params)
 
     def search_space(self) -> dict[str, dict[str, Any]]:
         """The schedule's box, uniform in every parameter (as the official Bayesian optimisation), with the
@@ -130,25 +144,45 @@ class ScheduleProblem:
                 for name, (lo, hi) in schedule.bounds.items()}
 
     def trial(self, params: Mapping[str, float]) -> dict[str, Any]:
-        """One trial: a full training under the fixed schedule ``params``, then the reported FID/IS."""
+        """One trial: a full training under the fixed schedule ``params``, ranked by its selection FID (DDIM
+        samples as in the reported evaluation, from the selection noise); its grid is
+        ``trial_samples/<hash>.png``. The best trial's weights are kept in memory for :meth:`report_search`."""
         (self.ctx.run_dir / "trial_samples").mkdir(exist_ok=True)
         schedule = self.with_params(params)
         solver = self.train(schedule, desc="trial: score matching")
-        result = self.report(solver.ema_model(), schedule, None, grid_name=_trial_grid_name(params))
-        return {**{key: result[key] for key in ("objective", "fid", "kid", "is", "is_std", "sampler_nfe",
-                                                "sampler_cost")},
-                "train_steps": solver.num_steps}
+        model, ev = solver.ema_model(), self.evaluation
+        scheduler = make_ddim_scheduler(schedule.betas().detach(), clip_sample=self.clip_sample,
+                                        timestep_spacing=self.timestep_spacing)
+        noise = fixed_noise(int(ev["num_samples"]), int(ev["seed"]) + SELECTION_SEED_OFFSET)
+        images, nfe = ddim_sample(model, scheduler, noise, int(ev["num_inference_steps"]), int(ev["batch_size"]),
+                                  self.ctx.device)
+        self.ctx.recorder.save_images(_trial_grid_name(params), images[:int(ev["grid_size"])])
+        fid = self.quality.fid_score(images)
+        if self._best_trial is None or fid < self._best_trial[0]:
+            self._best_trial = (fid, dict(params), {k: v.detach().clone() for k, v in model.state_dict().items()})
+        return {"objective": fid, "selection_fid": fid, "selection_kid": self.quality.kid_score(images),
+                "sampler_nfe": nfe, "sampler_cost": nfe, "train_steps": solver.num_steps}
+
+    def _trained(self, params: Mapping[str, float]) -> nn.Module:
+        """The chosen trial's EMA network: kept from its trial, or trained again (the same seed gives the same
+        weights) when the trial ran before a resume."""
+        if self._best_trial is not None and self._best_trial[1] == dict(params):
+            model = self.new_solver().ema_model()
+            model.load_state_dict(self._best_trial[2])
+            return model
+        print("the chosen trial ran before the resume: training it again for the reported evaluation",
+              file=sys.stderr)
+        return self.train(self.with_params(params), desc="chosen trial: score matching").ema_model()
 
     def report_search(self, found: Any) -> dict[str, Any]:
-        """The best trial's reported numbers (its samples become ``samples.png``)."""
-        best, ctx = found.best_result, self.ctx
-        trials_dir = ctx.shared_dir or ctx.run_dir  # rank 0's, which holds every trial's grid also after a resume
-        shutil.copyfile(trials_dir / f"{_trial_grid_name(found.best_params)}.png", ctx.run_dir / "samples.png")
-        ctx.recorder.log(len(found.trials), fid=best["fid"], kid=best.get("kid"), inception_score=best["is"],
-                         best_trial=next(t.index for t in found.trials if t.result is best))
-        return {"objective": found.best_value, "fid": best["fid"], "kid": best.get("kid"), "is": best["is"],
-                "is_std": best["is_std"],
-                "sampler_nfe": found.sampler_nfe, "sampler_cost": found.sampler_nfe, "fid_features": self.quality.label,
-                "eval_num_samples": self.evaluation["num_samples"],
+        """The chosen trial (lowest selection FID) evaluated on the evaluation noise: the reported FID/KID/IS and
+        ``samples.png``. The cost counts the trials' selection samples and this one evaluation."""
+        ctx, best_index = self.ctx, next(t.index for t in found.trials if t.result is found.best_result)
+        result = self.report(self._trained(found.best_params), self.with_params(found.best_params), None)
+        ctx.recorder.log(len(found.trials), fid=result["fid"], kid=result["kid"], inception_score=result["is"],
+                         best_trial=best_index, selection_fid=found.best_value)
+        nfe = found.sampler_nfe + result["sampler_nfe"]
+        return {**result, "objective": result["fid"], "selection_fid": found.best_value, "best_trial": best_index,
+                "sampler_nfe": nfe, "sampler_cost": nfe, "report_nfe": result["sampler_nfe"],
                 "schedule": {"name": self.schedule.name, **found.best_params}, "trainings_used": len(found.trials),
                 "train_steps": sum(int(t.result.get("train_steps", 0)) for t in found.trials)}

@@ -2,8 +2,13 @@
 
 A schedule maps the training timesteps ``t = 0..T-1`` to ``alpha_bar_t``. The parameters
 ``q = (start, end, tau, eps)`` live in *normalised* time: ``t' = start + (end - start) * t / T`` with
-``t'`` in ``[0, 1]``. (The official code forgot to scale ``start`` by ``T``; we use the normalised form, so
-``start`` shifts the beginning of the range and every setting reaches pure noise at ``t' = 1``.)
+``t'`` in ``[0, 1]``. (The official code forgot to scale ``start`` by ``T``; we use the normalised form.)
+
+``normalisation="chen"`` (default, Chen 2023 Alg. 1): ``alpha_bar(t') = (f(t') - f(end)) / (f(start) - f(end))``,
+so every point of the box reaches pure noise at ``t = T`` (the last beta is clipped at 0.999, so
+``alpha_bar_T <= 1e-3 * alpha_bar_{T-1}``). ``normalisation="official"``: ``alpha_bar = f(t') / f(start)``, the
+official code's form, which stops at ``f(end) / f(start) > 0`` when ``end < 1`` although sampling starts from
+N(0, I). Both agree where ``f(end) = 0`` (``end = 1``). See ``docs/method.md``.
 
 Every quantity is computed in float64 from the parameters with autograd enabled, so the score-matching
 loss is differentiable in ``q`` (paper Alg. 6 needs ``grad_q L_SM``).
@@ -16,6 +21,8 @@ from collections.abc import Mapping
 
 import torch
 from torch import nn
+
+from bilevel_diffusion.errors import ConfigError
 
 MAX_BETA = 0.999
 TINY = 1e-20  # floor on f so that log/pow/division stay finite (and their gradients too)
@@ -48,6 +55,14 @@ class NoiseSchedule(nn.Module):
                                 requires_grad=learnable)
         self.project_()
 
+    def options(self) -> dict[str, object]:
+        """Constructor settings other than the parameters (passed on by :meth:`with_values`)."""
+        return {}
+
+    def with_values(self, **values: float) -> NoiseSchedule:
+        """A fixed (non-learnable) schedule of this family, with these options and parameters ``values``."""
+        return type(self)(name=self.name, num_train_timesteps=self.num_train_timesteps, **self.options(), **values)
+
     def param(self, name: str) -> torch.Tensor:
         return self.raw[self.param_names.index(name)]
 
@@ -76,17 +91,36 @@ class NoiseSchedule(nn.Module):
 
 
 class _NormalisedTimeSchedule(NoiseSchedule):
-    """Shared part of the cosine and sigmoid members of the family: ``alpha_bar_t = f(u_t) / f(u_0)``."""
+    """Shared part of the cosine and sigmoid members of the family: ``alpha_bar`` from ``f`` on normalised time,
+    normalised as Chen 2023 (``"chen"``, reaches pure noise) or as the official code (``"official"``)."""
 
     param_names = ("start", "end", "tau", "eps")
     min_gap = 1e-3
+    normalisations = ("chen", "official")
+
+    def __init__(self, *args, normalisation: str = "chen", **kwargs) -> None:
+        if normalisation not in self.normalisations:
+            raise ConfigError(f"schedule.normalisation must be one of {self.normalisations} (got {normalisation!r})")
+        self.normalisation = normalisation
+        super().__init__(*args, **kwargs)
+
+    def options(self) -> dict[str, object]:
+        return {"normalisation": self.normalisation}
 
     def _f(self, u: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
     def betas(self) -> torch.Tensor:
         start, end, eps = self.param("start"), self.param("end"), self.param("eps")
-        return betas_from_alpha_bar(lambda t: self._f((t + eps) / (1.0 + eps)), self.num_train_timesteps, start, end)
+
+        def f(t: torch.Tensor) -> torch.Tensor:
+            return self._f((t + eps) / (1.0 + eps))
+
+        if self.normalisation == "chen":  # the constant 1/(f(start) - f(end)) cancels in the ratios of betas
+            f_end = f(end)
+            return betas_from_alpha_bar(lambda t: (f(t) - f_end).clamp_min(TINY), self.num_train_timesteps,
+                                        start, end)
+        return betas_from_alpha_bar(f, self.num_train_timesteps, start, end)
 
     @torch.no_grad()
     def _project_extra_(self) -> None:

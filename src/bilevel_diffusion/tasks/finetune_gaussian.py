@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
+from functools import partial
 from typing import Any
 
 import torch
@@ -97,7 +98,7 @@ class FinetuneGaussian(RewardTask):
         return {"eps_fn": GaussianEps(self.oracle.mean, self.oracle.var, alphas_cumprod),
                 "betas": self.schedule.betas().detach(), "sample_shape": (len(self.oracle.mean),),
                 "prompts": ["gaussian"], "r1": lambda _: self.oracle.r1, "r2": lambda _: self.oracle.r2,
-                "drift": feature_distances}
+                "drift": partial(feature_distances, paired=True)}
 
     def extra_summary(self, result: Mapping[str, Any]) -> dict[str, Any]:
         lam, bounds = result["lambda"], (float(self.lambda_box["low"]), float(self.lambda_box["high"]))

@@ -50,7 +50,7 @@ class FinetuneStableDiffusion(RewardTask):
         """``fid_vs_pretrained`` / ``kid_vs_pretrained``: Fréchet and kernel distances of r1's CLIP image embeddings,
         guided vs pre-trained."""
         return feature_distances(self.upper_reward.image_features(guided).cpu(),
-                                 self.upper_reward.image_features(reference).cpu())
+                                 self.upper_reward.image_features(reference).cpu(), paired=True)
 
     def extra_summary(self, result: Mapping[str, Any]) -> dict[str, Any]:
         return {"clip_score": result["r1"], "reward": result["r2"], "prompts": self.prompts,

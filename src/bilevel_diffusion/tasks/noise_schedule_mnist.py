@@ -5,7 +5,8 @@ MNIST diffusion model trained from scratch.
 
 - ``zeroth_order``: the paper's penalty method (Alg. 6), one training run that moves the schedule as it goes;
 - ``staged_grid`` / ``grid`` / ``random`` / ``bayesian``: search baselines, each trial a full training run under a
-  fixed schedule from the same family and box (``schedule.bounds``), judged by the reported FID;
+  fixed schedule from the same family and box (``schedule.bounds``), ranked by an FID on selection noise and
+  reported on the evaluation noise (``problems/schedule.py``);
 - ``fixed``: one training run under the configured schedule.
 
 Every method is judged by the same *reported* FID/IS (``eval.num_samples`` DDIM samples from fixed noise). The run

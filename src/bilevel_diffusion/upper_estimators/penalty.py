@@ -38,7 +38,8 @@ class ZOEstimate:
 
 
 def two_point_gradient(params: Sequence[torch.Tensor], objective: Objective, delta: float, num_directions: int,
-                       generator: torch.Generator, scale: Sequence[torch.Tensor | float] | None = None) -> ZOEstimate:
+                       generator: torch.Generator, scale: Sequence[torch.Tensor | float] | None = None,
+                       project: Callable[[], None] | None = None) -> ZOEstimate:
     """Two-point Gaussian-smoothing gradient of ``objective`` at ``params`` (paper Alg. 6, ``docs/method.md``)::
 
         g = 1/m sum_k (f(w + delta S v_k) - f(w - delta S v_k)) / (2 delta) * S^-1 v_k,    v_k ~ N(0, I)
@@ -48,6 +49,12 @@ def two_point_gradient(params: Sequence[torch.Tensor], objective: Objective, del
     in place and restored exactly. Each direction draws one seed and passes it to both of its evaluations, so an
     objective that draws its sampling noise from that seed uses common random numbers. A direction whose two values
     are not both finite contributes nothing and is counted in ``skipped_directions``.
+
+    ``project`` (in place, e.g. the schedule's ``project_``) keeps the perturbed points in the feasible box: a
+    point ``w ± delta S v`` outside it is evaluated at its projection, while the coefficient still multiplies
+    ``S^-1 v``. Inside the box (farther than ``delta S |v|`` from an edge) nothing changes; at an edge the component
+    pointing out of the box is the one-sided difference (about half the two-sided one, same sign), so the objective
+    is never evaluated where it is not defined (``docs/method.md``).
     """
     if delta <= 0 or num_directions < 1:
         raise ConfigError(f"zeroth-order smoothing needs delta > 0 and at least one direction "
@@ -66,6 +73,8 @@ def two_point_gradient(params: Sequence[torch.Tensor], objective: Objective, del
                 for sign in (1.0, -1.0):
                     for p, w, v, s in zip(params, saved, directions, scales):
                         p.copy_(w + (sign * delta) * s * v)
+                    if project is not None:
+                        project()
                     pair.append(float(objective(seed)))
                 values.extend(pair)
                 if not all(map(math.isfinite, pair)):
@@ -103,7 +112,8 @@ def penalty_gradients(upper: torch.Tensor, penalised: Sequence[torch.Tensor],
                       lower_penalised: Callable[[], torch.Tensor], lower_plain: Callable[[], torch.Tensor],
                       objective: Objective, gamma: float, delta_upper: float, delta_penalised: float,
                       num_directions: int, generator: torch.Generator,
-                      upper_scale: torch.Tensor | float = 1.0) -> PenaltyGradients:
+                      upper_scale: torch.Tensor | float = 1.0,
+                      upper_project: Callable[[], None] | None = None) -> PenaltyGradients:
     """Gradients of the penalty method at (q, theta_z, theta_y) (paper Alg. 6, ``docs/method.md``; Danskin)::
 
         upper     = ZO_q f / gamma + grad_q L(theta_z; q) - grad_q L(theta_y; q)
@@ -111,7 +121,8 @@ def penalty_gradients(upper: torch.Tensor, penalised: Sequence[torch.Tensor],
 
     ``upper`` is the upper variable q (a leaf tensor); ``penalised`` are theta_z's tensors; ``lower_penalised()`` and
     ``lower_plain()`` return L(theta_z; q) and L(theta_y; q) with graphs to q (and to theta_z for the first); the
-    f-gradients are zeroth-order (:func:`two_point_gradient`, ``upper_scale`` = per-coordinate smoothing scale of q).
+    f-gradients are zeroth-order (:func:`two_point_gradient`, ``upper_scale`` = per-coordinate smoothing scale of q,
+    ``upper_project`` keeps its perturbations in q's box).
     All terms are evaluated at the same point (a simultaneous update). With ``hardware=ddp`` the two losses are this
     rank's share of the batch loss and their gradients (and values) are summed over the ranks.
     """
@@ -119,7 +130,8 @@ def penalty_gradients(upper: torch.Tensor, penalised: Sequence[torch.Tensor],
         raise ConfigError(f"the penalty constant gamma must be > 0 (got {gamma})")
     penalised = list(penalised)
     zo_z = two_point_gradient(penalised, objective, delta_penalised, num_directions, generator)
-    zo_q = two_point_gradient([upper], objective, delta_upper, num_directions, generator, scale=[upper_scale])
+    zo_q = two_point_gradient([upper], objective, delta_upper, num_directions, generator, scale=[upper_scale],
+                              project=upper_project)
     loss_z = lower_penalised()
     grad_q_z, *grad_z = torch.autograd.grad(loss_z, [upper, *penalised])
     loss_y = lower_plain()

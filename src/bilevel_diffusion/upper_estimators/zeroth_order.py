@@ -208,7 +208,8 @@ class PenaltyLoop:
         grads = penalty_gradients(self.schedule.raw, params_z, self._lower_loss(self.theta_z, x0, noise_seed),
                                   self._lower_loss(self.solver.model, x0, noise_seed), self.objective, gamma,
                                   self.estimator.delta, self.estimator.delta_z, self.estimator.num_directions,
-                                  self.generator, upper_scale=self.upper.width)
+                                  self.generator, upper_scale=self.upper.width,
+                                  upper_project=self.schedule.project_)
         where = f"outer step {self.outer_step + 1} (theta_y step {self.solver.step_count})"
         for quantity, tensors in (("schedule hyper-gradient", [grads.upper]), ("theta_z gradient", grads.penalised)):
             if not all(bool(torch.isfinite(t).all()) for t in tensors):
