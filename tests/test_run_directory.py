@@ -233,7 +233,7 @@ def test_damaged_mnist_idx_files_are_one_line(tmp_path) -> None:
 
 
 # -- explicit choices win ------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("experiment", ["smoke", "demo", "schedule_quick", "scenario_a_quick"])
+@pytest.mark.parametrize("experiment", ["smoke", "demo_train", "schedule_quick", "scenario_a_quick"])
 def test_a_hardware_chosen_on_the_command_line_beats_the_experiments(experiment) -> None:
     assert compose(f"experiment={experiment}").hardware.device == "cpu"
     assert compose(f"experiment={experiment}", "hardware=gpu").hardware.device == "cuda"

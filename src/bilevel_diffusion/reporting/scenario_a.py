@@ -70,3 +70,32 @@ def write_figures(runs: Mapping[str, Path], out_dir: Path, bilevel: str = "close
         written["lambda_trace"] = Path(shutil.copyfile(runs[bilevel] / "lambda_trace.png",
                                                        out_dir / "lambda_trace.png"))
     return written
+
+
+def plot_demo(bilevel: Path, grid: Path, path: Path) -> Path:
+    """``make demo``'s figure: r1 and r2 of the grid's guided samples against lambda with the bilevel run's chosen
+    lambda and rewards, beside samples at the grid's smallest lambda, at the chosen one and at the grid's largest."""
+    trials, chosen = search_trials(grid), read_summary(bilevel)
+    images = sorted(grid.glob("trial_lambda_*.png"), key=lambda p: float(p.stem.split("_")[-1]))
+    fig, axes = plt.subplots(1, 4, figsize=(14, 3.6), gridspec_kw={"width_ratios": [1.4, 1, 1, 1]})
+    curve = axes[0]
+    lams = [t["lambda"] for t in trials]
+    curve.plot(lams, [t["r1"] for t in trials], "o-", color="C0", label=r"$r_1$ (strong CNN), grid")
+    curve.plot(lams, [t["r2"] for t in trials], "s-", color="C1", label=r"$r_2$ (weak proxy), grid")
+    curve.plot([chosen["lambda"]], [chosen["r1"]], "*", ms=14, color="C0", label=r"$r_1$ at the bilevel $\lambda$")
+    curve.plot([chosen["lambda"]], [chosen["r2"]], "*", ms=14, color="C1", label=r"$r_2$ at the bilevel $\lambda$")
+    curve.axvline(chosen["lambda"], color="k", ls="--", lw=1)
+    curve.set(xscale="log", xlabel=r"KL strength $\lambda$ (log scale)", ylabel="mean reward of guided samples")
+    curve.legend(fontsize=7)
+    panels = [(rf"$\lambda$ = {float(images[0].stem.split('_')[-1]):.3g} (grid: over-optimised)", images[0]),
+              (rf"$\lambda$ = {chosen['lambda']:.3g} (bilevel, chosen)", bilevel / "samples.png"),
+              (rf"$\lambda$ = {float(images[-1].stem.split('_')[-1]):.3g} (grid: about pre-trained)", images[-1])]
+    for ax, (title, image) in zip(axes[1:], panels):
+        ax.imshow(mpimg.imread(str(image)), cmap="gray")
+        ax.set_title(title, fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    axes[1].set_ylabel("rows: digits " + ", ".join(str(p) for p in chosen.get("prompts", [])), fontsize=8)
+    fig.suptitle(f"finetune_mnist, seed {chosen['seed']}: guidance by a weak proxy, lambda learned for a strong CNN",
+                 fontsize=10)
+    return save_figure(fig, path)
