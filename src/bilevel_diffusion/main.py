@@ -1,5 +1,5 @@
 """One job: check the config, prepare the run directory, instantiate the task and the upper estimator (the one
-place where config groups become objects), and run the task with the estimator (README: the run contract)."""
+place where config groups become objects), and run the task with the estimator (docs/usage.md: the run contract)."""
 
 from __future__ import annotations
 

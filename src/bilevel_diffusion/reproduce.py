@@ -10,7 +10,7 @@ its baselines, run for every seed of the plan. A comparison is one or two multir
    Sec. 3.2). Without it the searches run their configured number of trials in the first multirun (Scenario A,
    compared by sampler NFEs).
 
-Every job writes the run contract (README) into ``RUNS/<comparison>/<method>/seed_<seed>`` and runs with
+Every job writes the run contract (docs/usage.md) into ``RUNS/<comparison>/<method>/seed_<seed>`` and runs with
 ``resume=true``: a stopped reproduce continues where it stopped, and a finished job is not run again.
 """
 

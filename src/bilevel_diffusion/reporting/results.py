@@ -1,6 +1,6 @@
 """``results/``: Tables 1 and 2 and the figures of both scenarios from every finished run below a folder.
 
-Only reads the run contract (README), so it is re-run on existing run directories without running anything
+Only reads the run contract (docs/usage.md), so it is re-run on existing run directories without running anything
 (``python scripts/aggregate.py RUN_ROOT``). Figures use the smallest seed of each task, one run per method:
 ``<task>/`` holds Scenario A's over-optimisation curve, sample grids and lambda trace, or Scenario B's comparison
 table, schedules, parameter traces and FID over wall clock.

@@ -1,4 +1,4 @@
-"""Reading a finished run directory of the run contract (README): its ``summary.json`` and ``metrics.jsonl``."""
+"""Reading a finished run directory of the run contract (docs/usage.md): its ``summary.json`` and ``metrics.jsonl``."""
 
 from __future__ import annotations
 

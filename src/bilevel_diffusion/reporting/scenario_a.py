@@ -1,6 +1,6 @@
 """Figures of Scenario A (paper Sec. 3.1, Fig. 1) from run directories of one seed, one per method.
 
-Reads only the run contract (README): ``summary.json``, ``metrics.jsonl`` and the PNGs a run writes, so it can be
+Reads only the run contract (docs/usage.md): ``summary.json``, ``metrics.jsonl`` and the PNGs a run writes, so it can be
 re-run on finished runs.
 """
 

@@ -1,6 +1,6 @@
 """Scenario B at equal compute: one table and three figures from the methods' run directories.
 
-Reads only ``config.yaml``, ``summary.json`` and ``metrics.jsonl`` (the run contract, README), so it can be re-run
+Reads only ``config.yaml``, ``summary.json`` and ``metrics.jsonl`` (the run contract, docs/usage.md), so it can be re-run
 on finished runs. Every FID here is the *reported* one (``eval.num_samples`` samples), never the in-loop objective.
 """
 

@@ -7,7 +7,7 @@
   search (grid or Bayesian) whose chosen lambda scored the best r1, for the seeds where the bilevel method's r1 is
   within ``r1_tol`` of it (target <= 1/4). Every method is scored by the same reported evaluation (fixed noise).
 
-Reads only the run contract (README) under ``RUNS/<comparison>/<method>/seed_<seed>/``.
+Reads only the run contract (docs/usage.md) under ``RUNS/<comparison>/<method>/seed_<seed>/``.
 """
 
 from __future__ import annotations

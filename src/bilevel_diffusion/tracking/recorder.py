@@ -1,4 +1,4 @@
-"""The run contract (README): ``config.yaml``, ``metrics.jsonl``, ``summary.json`` and PNG files in the run
+"""The run contract (docs/usage.md): ``config.yaml``, ``metrics.jsonl``, ``summary.json`` and PNG files in the run
 directory, mirrored to Weights & Biases when ``logger=wandb``."""
 
 from __future__ import annotations
@@ -132,7 +132,7 @@ class Recorder:
             self._wandb.log({name: wandb.Image(str(path))}, step=self._step)
 
     def write_summary(self, summary: dict[str, Any]) -> dict[str, Any]:
-        """``summary.json``: the job's final result (README)."""
+        """``summary.json``: the job's final result (docs/usage.md, the run contract)."""
         summary = {k: _plain(v) for k, v in summary.items()}
         write_json_atomic(summary, self.run_dir / "summary.json")
         if self._wandb is not None:
