@@ -25,10 +25,10 @@ def test_your_own_reward_replaces_r2_and_guidance_follows_it(tmp_path) -> None:
 
 def test_your_own_estimator_runs_as_a_search(tmp_path) -> None:
     code, stderr = run_in_process("task=finetune_gaussian", *SMOKE, "upper_estimator=random",
-                                  "upper_estimator._target_=examples.tpe_search.TPESearch", "upper_estimator.name=tpe",
+                                  "upper_estimator._target_=examples.sobol_search.SobolSearch", "upper_estimator.name=sobol",
                                   "upper_estimator.n_trials=5", f"hydra.run.dir={tmp_path}")
     assert code == 0, stderr[-2000:]
-    summary = assert_run_contract(tmp_path, "finetune_gaussian", "tpe")
+    summary = assert_run_contract(tmp_path, "finetune_gaussian", "sobol")
     assert summary["trials"] == 5
 
 

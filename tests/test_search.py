@@ -89,3 +89,12 @@ def test_a_second_search_in_the_same_directory_needs_resume(tmp_path) -> None:
 def test_bad_spaces_are_config_errors(tmp_path, space, values) -> None:
     with pytest.raises(ConfigError):
         GridSearch(values=values).search(space, bowl, make_ctx(tmp_path))
+
+
+def test_runs_with_different_seeds_draw_independent_trials() -> None:
+    from bilevel_diffusion.upper_estimators.search import trial_seed
+
+    run0 = [trial_seed(0, i) for i in range(50)]
+    run1 = [trial_seed(1, i) for i in range(50)]
+    assert not set(run0) & set(run1), "seed + index would give run 1's trial i the sampler of run 0's trial i + 1"
+    assert run0 == [trial_seed(0, i) for i in range(50)], "deterministic, so a resumed search proposes the same"

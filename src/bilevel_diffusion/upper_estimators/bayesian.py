@@ -9,7 +9,7 @@ from __future__ import annotations
 import optuna
 
 from bilevel_diffusion.errors import ConfigError
-from bilevel_diffusion.upper_estimators.search import SearchEstimator, SearchSpace
+from bilevel_diffusion.upper_estimators.search import SearchEstimator, SearchSpace, trial_seed
 
 
 class BayesianSearch(SearchEstimator):
@@ -25,7 +25,7 @@ class BayesianSearch(SearchEstimator):
         self.sampler, self.n_startup_trials = sampler, int(n_startup_trials)
 
     def make_sampler(self, space: SearchSpace, finished_trials: int) -> optuna.samplers.BaseSampler:
-        seed = self.seed + finished_trials
+        seed = trial_seed(self.seed, finished_trials)
         if self.sampler == "gp":
             return optuna.samplers.GPSampler(seed=seed, n_startup_trials=self.n_startup_trials,
                                              deterministic_objective=False)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import optuna
 
-from bilevel_diffusion.upper_estimators.search import SearchEstimator, SearchSpace
+from bilevel_diffusion.upper_estimators.search import SearchEstimator, SearchSpace, trial_seed
 
 
 class RandomSearch(SearchEstimator):
@@ -14,4 +14,4 @@ class RandomSearch(SearchEstimator):
         super().__init__(name, n_trials, timeout_s, seed)
 
     def make_sampler(self, space: SearchSpace, finished_trials: int) -> optuna.samplers.BaseSampler:
-        return optuna.samplers.RandomSampler(seed=self.seed + finished_trials)
+        return optuna.samplers.RandomSampler(seed=trial_seed(self.seed, finished_trials))

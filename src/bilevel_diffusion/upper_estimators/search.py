@@ -14,9 +14,9 @@ trial), ``result.trials`` (every evaluated trial, in order) and ``result.sampler
 
 - Ask/tell with an optuna SQLite study at ``ctx.run_dir / "study.db"``. With ``resume=true`` the study is loaded:
   finished trials are kept (never re-evaluated), a trial that was running when the job stopped is marked failed and
-  its parameters are queued again, so nothing is lost or repeated. The samplers are re-seeded with
-  ``seed + number of trials`` on resume, so a resumed random search does not redraw the first points (the grid
-  keeps its seed: GridSampler maps trial numbers to points through a seeded shuffle).
+  its parameters are queued again, so nothing is lost or repeated. Trial i is proposed by a sampler seeded with
+  :func:`trial_seed` ``(seed, i)`` (independent streams for different run seeds, unlike ``seed + i``), so a resumed
+  search proposes what an uninterrupted one would (the grid walks a seeded order of its points).
 - Budget: ``n_trials`` evaluations and/or ``timeout_s`` seconds of this job's wall clock (both counted across
   resumes); no trial starts that the mean trial time so far says would end past ``timeout_s`` (the first always
   runs); the grid stops when it is exhausted.
@@ -81,6 +81,12 @@ class SearchResult:
     @property
     def sampler_nfe(self) -> int:
         return int(sum(int(t.result["sampler_nfe"]) for t in self.trials))
+
+
+def trial_seed(seed: int, index: int) -> int:
+    """The seed of trial ``index``'s sampler in a run with ``seed``: a SeedSequence of both, so runs with different
+    seeds draw independent trials (``seed + index`` would make run 1's trial i run 0's trial i + 1)."""
+    return int(np.random.SeedSequence([int(seed), int(index)]).generate_state(1)[0])
 
 
 def check_space(space: SearchSpace) -> None:
@@ -172,7 +178,7 @@ class SearchEstimator(UpperEstimator):
         while len(trials) < budget and not self._out_of_time(ctx, start_wall, len(trials)):
             study.sampler = self.make_sampler(space, len(trials))
             with torch.random.fork_rng(devices=[]):  # GPSampler's optimiser draws from torch's global generator
-                torch.manual_seed(self.seed + len(trials))
+                torch.manual_seed(trial_seed(self.seed, len(trials)))
                 trial = study.ask(distributions)
             params = distributed.broadcast({name: float(value) for name, value in trial.params.items()})
             result = dict(evaluate(params))
