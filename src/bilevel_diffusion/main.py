@@ -149,7 +149,9 @@ def _run(cfg: DictConfig, run_dir: Path, device, dtype, estimator, task) -> floa
     objective = float(summary["objective"])
     if main_rank:
         images = ", ".join(sorted(p.name for p in run_dir.glob("*.png")))
-        print(f"[{task.name} / {cfg.upper_estimator.name}] objective={objective:.4f}\n"
+        named = "  ".join(f"{key}={summary[key]:.4g}" for key in getattr(task, "headline", ())
+                          if isinstance(summary.get(key), (int, float)))
+        print(f"[{task.name} / {cfg.upper_estimator.name}] {named + '  ' if named else ''}objective={objective:.4g}\n"
               f"  summary: {run_dir / 'summary.json'}\n  metrics: {run_dir / 'metrics.jsonl'}\n"
               f"  images:  {run_dir}/{{{images}}}")
     return objective if math.isfinite(objective) else float("inf")

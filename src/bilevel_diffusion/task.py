@@ -31,6 +31,8 @@ class Task:
     accepts: ClassVar[tuple[type[UpperEstimator], ...]] = ()
     #: the lower-level solver classes (``lower_solver`` options) the task can use
     solvers: ClassVar[tuple[type, ...]] = ()
+    #: ``summary.json`` keys printed by name in the job's last console line
+    headline: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -58,6 +60,7 @@ class RewardTask(Task):
     #: lambda is one parameter: no staged grid
     accepts = (ClosedFormEstimator, GridSearch, RandomSearch, BayesianSearch, WeightedSum)
     solvers = (GuidedSampler,)
+    headline = ("lambda", "r1", "r2", "fid_vs_pretrained")
 
     def __init__(self, name: str, lower_solver: GuidedSampler, evaluation: Mapping[str, Any], pool_samples: int = 512,
                  trial_samples: int = 256, lambda_box: Mapping[str, Any] | None = None, log_every: int = 1,

@@ -29,6 +29,8 @@ from bilevel_diffusion.task import RewardTask
 class FinetuneStableDiffusion(RewardTask):
     """Learn the KL strength lambda of reward guidance on Stable Diffusion, one shared lambda over the prompts."""
 
+    headline = ("lambda", "clip_score", "reward", "fid_vs_pretrained")
+
     def __init__(self, name: str, model: Mapping[str, Any], prompts: Sequence[str], lower_reward: ImageReward,
                  upper_reward: ClipScore, **settings: Any) -> None:
         super().__init__(name, **settings)

@@ -28,6 +28,7 @@ class TrainMNIST(Task):
 
     accepts = (Fixed,)
     solvers = (ScoreMatchingSolver,)
+    headline = ("fid", "kid", "is", "eval_num_samples")
 
     def __init__(self, name: str, data: ImageData, model: Callable[[], nn.Module], schedule: NoiseSchedule,
                  lower_solver: Callable[..., ScoreMatchingSolver], evaluation: Mapping[str, Any],
