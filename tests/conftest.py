@@ -26,6 +26,8 @@ def compose(*overrides: str):
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
+    import bilevel_diffusion  # noqa: F401  (registers the config resolvers, as run.py does)
+
     with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
         return hydra_compose(config_name="config", overrides=list(overrides), return_hydra_config=False)
 

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -118,7 +119,7 @@ def test_a_missing_model_folder_is_a_config_error_naming_it(tiny_dir, tmp_path) 
     from bilevel_diffusion.errors import ConfigError
     from bilevel_diffusion.models.stable_diffusion import load_stable_diffusion
 
-    with pytest.raises(ConfigError, match=f"model.path={tmp_path / 'absent'} is not a folder; create the tiny"):
+    with pytest.raises(ConfigError, match=f"model.path={tmp_path / 'absent'} is not a folder; model=tiny builds"):
         load_stable_diffusion(_cfg(tmp_path / "absent").model, torch.device("cpu"))
     with pytest.raises(ConfigError, match=r"Stable Diffusion weights for .* could not be loaded \(OSError: .*config.json"):
         load_stable_diffusion(_cfg(tmp_path).model, torch.device("cpu"))
@@ -168,3 +169,15 @@ def test_finetune_synthetic_takes_no_step_from_a_pool_below_the_ess_threshold(ti
         assert row["skipped_low_ess"] == int(row["ess"] < 0.99 * 8)
         if row["skipped_low_ess"]:
             assert after["lambda"] == row["lambda"], "a step was taken from a pool below the ESS threshold"
+
+
+def test_model_tiny_builds_its_models_on_first_use_and_reuses_them(tmp_path) -> None:
+    from omegaconf import OmegaConf
+
+    cfg = compose("task=finetune_aesthetic", "model=tiny", f"paths.cache_dir={tmp_path}")
+    path = Path(OmegaConf.select(cfg, "model.path"))  # resolving it builds the models
+    assert path == tmp_path / "tiny_sd" and (path / "unet").is_dir() and (path / "clip" / "ViT-B-16.pt").is_file()
+    stamp = (path / "unet").stat().st_mtime_ns
+    assert Path(OmegaConf.select(cfg, "model.weights_dir")) == path
+    assert (path / "unet").stat().st_mtime_ns == stamp, "built once"
+    assert not list(tmp_path.glob("tiny_sd.tmp*")), "no temporary folder left"
