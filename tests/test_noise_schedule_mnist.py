@@ -181,3 +181,13 @@ def test_searches_select_on_their_own_noise_and_report_the_chosen_trial_on_the_e
     assert summary["selection_fid"] == found.best_value != summary["fid"]
     assert summary["sampler_nfe"] == sum(t.result["sampler_nfe"] for t in found.trials) + again["sampler_nfe"]
     assert summary["alphas_cumprod_T"] <= 1e-4 and summary["schedule_normalisation"] == "chen"
+    # the chosen network and its schedule load with diffusers alone
+    from diffusers import DDIMPipeline
+
+    pipe = DDIMPipeline.from_pretrained(tmp_path / "diffusers")
+    assert torch.allclose(pipe.scheduler.betas.double(), chosen.betas().detach(), atol=1e-7)
+    assert all(torch.equal(a, b) for a, b in zip(pipe.unet.state_dict().values(),
+                                                 retrained.unet.state_dict().values()))
+    images = pipe(batch_size=2, num_inference_steps=2, generator=torch.Generator().manual_seed(0),
+                  output_type="np").images
+    assert images.shape == (2, 28, 28, 1)

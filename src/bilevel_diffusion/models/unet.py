@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from diffusers import UNet2DModel
 from torch import nn
@@ -12,7 +14,9 @@ class UNetEps(nn.Module):
 
     def __init__(self, **unet_kwargs) -> None:
         super().__init__()
-        self.unet = UNet2DModel(**unet_kwargs)
+        # plain lists (not Hydra's ListConfig), so that the UNet's config saves as JSON (save_pretrained)
+        plain = {k: list(v) if isinstance(v, Sequence) and not isinstance(v, str) else v for k, v in unet_kwargs.items()}
+        self.unet = UNet2DModel(**plain)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return self.unet(x, t).sample

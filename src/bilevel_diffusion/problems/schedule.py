@@ -28,9 +28,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from bilevel_diffusion import distributed
 from bilevel_diffusion.data.mnist import ImageData
 from bilevel_diffusion.errors import ConfigError
 from bilevel_diffusion.evaluation import fixed_noise, report_samples
+from bilevel_diffusion.exporting import export_diffusers
 from bilevel_diffusion.lower_solvers.score_matching import ScoreMatchingSolver, fit, score_matching_loss
 from bilevel_diffusion.metrics.image_quality import ImageQuality
 from bilevel_diffusion.runtime import RunContext
@@ -113,9 +115,13 @@ class ScheduleProblem:
 
     def report(self, model: nn.Module, schedule: NoiseSchedule, step: int | None,
                grid_name: str = "samples") -> dict[str, Any]:
-        """The reported FID/IS of ``model`` sampled under ``schedule``, logged at ``step`` (None: not logged)."""
+        """The reported FID/KID/IS of ``model`` sampled under ``schedule``, logged at ``step`` (None: not logged);
+        the model and schedule are exported to ``<run dir>/diffusers`` (:mod:`bilevel_diffusion.exporting`)."""
         sample_report = report_samples(model, schedule.betas(), self.quality, self.evaluation, self.ctx,
                                        self.clip_sample, self.timestep_spacing, grid_name=grid_name)
+        if distributed.is_main():  # the reported network and its schedule, loadable with diffusers alone
+            export_diffusers(model, schedule.betas(), self.ctx.run_dir / "diffusers", self.clip_sample,
+                             self.timestep_spacing)
         if step is not None:
             self.ctx.recorder.log(step, fid=sample_report.fid, kid=sample_report.kid,
                                   inception_score=sample_report.inception_score)
