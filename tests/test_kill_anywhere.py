@@ -39,4 +39,7 @@ def test_killed_anywhere_and_resumed_equals_uninterrupted(task, estimator, tmp_p
     (rows, summary), (rows_again, summary_again) = results(straight), results(stopped)
     differences = [(a["step"], {k: (a.get(k), b.get(k)) for k in a.keys() | b.keys() if a.get(k) != b.get(k)})
                    for a, b in zip(rows, rows_again) if a != b]
-    assert (rows, summary) == (rows_again, summary_again), f"killed after {point} of {total} lines: {differences}"
+    summary_differences = {k: (summary.get(k), summary_again.get(k)) for k in summary.keys() | summary_again.keys()
+                           if summary.get(k) != summary_again.get(k)}
+    assert (rows, summary) == (rows_again, summary_again), (f"killed after {point} of {total} lines: {differences}; "
+                                                            f"summary: {summary_differences}")

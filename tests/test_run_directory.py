@@ -248,3 +248,10 @@ def test_wandb_online_without_credentials_fails_at_once_or_falls_back(tmp_path, 
     with pytest.raises(ConfigError, match="logger.mode=online needs W&B credentials"):
         check_command_line(online, CONFIGS)
     check_command_line([*online, "logger.fallback_offline=true"], CONFIGS)
+
+
+def test_a_multirun_is_checked_with_each_swept_group_option() -> None:
+    sweep = ["-m", "task=noise_schedule_mnist", "upper_estimator=grid,random"]
+    check_command_line([*sweep, "upper_estimator.n_trials=2"], CONFIGS)  # a key every swept option has
+    with pytest.raises(ConfigError, match="unknown key upper_estimator.num_points"):
+        check_command_line([*sweep, "upper_estimator.num_points=3"], CONFIGS)  # random has no num_points

@@ -11,9 +11,10 @@ composes the job, so bad input fails in about a second with one ``error:`` line 
 from __future__ import annotations
 
 import difflib
+import itertools
 import math
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -185,6 +186,27 @@ def check_run_dir(run_dir: Path, cfg: DictConfig) -> None:
     check_unlocked(run_dir)
 
 
+#: at most this many combinations of swept group options are composed and checked before a multirun starts
+_MAX_SWEEP_CHECKS = 32
+
+
+def _group(arg: str) -> str:
+    return arg.split("=", 1)[0].lstrip("+~").split("@", 1)[0]
+
+
+def _check_values(config_dir: Path, groups: Mapping[str, Any], args: list[str]) -> DictConfig:
+    """Compose ``args`` and check types, ranges and the logger; returns the composed config."""
+    cfg = compose(config_dir, args)
+    group_args = [arg for arg in args if _group(arg) in groups]
+    values = [arg.split("=", 1)[0].lstrip("+~") for arg in args
+              if "=" in arg and not arg.startswith("~") and arg not in group_args
+              and not arg.split("=", 1)[0].lstrip("+").startswith("hydra.")]
+    check_types(cfg, compose(config_dir, group_args) if values else cfg, values)
+    check_config(cfg)
+    check_logger(cfg)
+    return cfg
+
+
 def check_command_line(argv: Sequence[str], config_dir: Path) -> None:
     """Everything about one ``run.py`` command line that can be checked without running it (see module doc)."""
     groups = config_groups(config_dir)
@@ -196,18 +218,14 @@ def check_command_line(argv: Sequence[str], config_dir: Path) -> None:
     multirun = any(arg in ("-m", "--multirun") for arg in argv)
     args = [arg for arg in argv if not arg.startswith("-")]
     plain = [arg for arg in args if _PLAIN_VALUE.match(arg.split("=", 1)[-1]) or "${" in arg or "/" in arg]
-    if multirun:  # each job of a sweep checks its own values; check the fixed ones here
-        args = [arg for arg in plain if "," not in arg.split("=", 1)[-1]]
-    cfg = compose(config_dir, args)
-    group_args = [arg for arg in args if arg.split("=", 1)[0].lstrip("+~").split("@", 1)[0] in groups]
-    values = [arg.split("=", 1)[0].lstrip("+~") for arg in args
-              if "=" in arg and not arg.startswith("~") and arg not in group_args
-              and not arg.split("=", 1)[0].lstrip("+").startswith("hydra.")]
-    check_types(cfg, compose(config_dir, group_args) if values else cfg, values)
-    check_config(cfg)
-    check_logger(cfg)
-    if multirun:
+    if multirun:  # the fixed values, with every combination of the swept group options; each job checks the rest
+        fixed = [arg for arg in plain if "," not in arg.split("=", 1)[-1]]
+        swept = [[f"{arg.split('=', 1)[0]}={option}" for option in arg.split("=", 1)[1].split(",")]
+                 for arg in plain if "," in arg.split("=", 1)[-1] and _group(arg) in groups]
+        for combination in itertools.islice(itertools.product(*swept), _MAX_SWEEP_CHECKS):
+            _check_values(config_dir, groups, [*fixed, *combination])
         return
+    cfg = _check_values(config_dir, groups, args)
     try:
         run_dir = Path(str(OmegaConf.select(cfg, "hydra.run.dir")))
     except Exception:  # noqa: BLE001 - a run dir that needs the running job's values: the job checks it

@@ -167,6 +167,8 @@ class RewardProblem:
     def report_search(self, found: Any) -> dict[str, Any]:
         """The reported evaluation at the search's best lambda, and the trials' rewards against lambda."""
         trials = found.trials
+        for prompt in self.prompts:  # the trials' reference samples, counted in reference_nfe also after a resume
+            self._reference("trial", prompt)
         self.figure("rewards_vs_lambda", plot_rewards_vs_lambda(
             [t.params["lambda"] for t in trials], [t.result["r1"] for t in trials], [t.result["r2"] for t in trials],
             found.best_params["lambda"], self.ctx.run_dir / "rewards_vs_lambda.png", self.name, "search trials"))
