@@ -15,17 +15,29 @@ from bilevel_diffusion.schedules.family import NoiseSchedule  # noqa: E402
 
 
 def plot_schedules(curves: Mapping[str, NoiseSchedule], path: Path, title: str = "") -> Path:
-    """alpha-bar_t (left) and beta_t (right, log scale) of each labelled schedule."""
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
+    """alpha-bar_t (left) and beta_t (right, log scale) of each labelled schedule; schedules that coincide share one
+    line and one legend entry (their labels joined), and the legend sits beside the axes."""
+    groups: list[tuple[list[str], torch.Tensor, torch.Tensor]] = []
     for label, schedule in curves.items():
         with torch.no_grad():
-            left.plot(schedule.alphas_cumprod().numpy(), label=label)
-            right.plot(schedule.betas().clamp_min(1e-8).numpy(), label=label)
-    left.set(xlabel="t", ylabel=r"$\bar\alpha_t$", title=r"$\bar\alpha_t$")
-    right.set(xlabel="t", ylabel=r"$\beta_t$", yscale="log", title=r"$\beta_t$")
-    left.legend(fontsize=8)
+            abar, betas = schedule.alphas_cumprod(), schedule.betas()
+        same = next((g for g in groups if g[1].shape == abar.shape and torch.allclose(g[1], abar, atol=1e-6)), None)
+        if same is not None:
+            same[0].append(label)
+        else:
+            groups.append(([label], abar, betas))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.8))
+    styles = ["-", "--", "-.", ":"]
+    for i, (labels, abar, betas) in enumerate(groups):
+        style = {"ls": styles[i % len(styles)], "color": f"C{i}", "lw": 1.6}
+        left.plot(abar.numpy(), label=", ".join(labels), **style)
+        right.plot(betas.clamp_min(1e-8).numpy(), **style)
+    left.set(xlabel="training timestep t", ylabel=r"$\bar\alpha_t$", title=r"$\bar\alpha_t$ (signal kept)")
+    right.set(xlabel="training timestep t", ylabel=r"$\beta_t$", yscale="log", title=r"$\beta_t$ (log scale)")
+    fig.legend(*left.get_legend_handles_labels(), fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5))
     if title:
         fig.suptitle(title)
+    fig.tight_layout()
     return save_figure(fig, path)
 
 
@@ -59,6 +71,6 @@ def plot_fid_over_wall_clock(curves: Mapping[str, Sequence[tuple[float, float]]]
 def save_figure(fig: plt.Figure, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, bbox_inches="tight")  # legends placed beside the axes stay in the file
     plt.close(fig)
     return path

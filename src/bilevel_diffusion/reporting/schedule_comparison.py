@@ -52,7 +52,9 @@ def comparison_markdown(runs: Mapping[str, Path]) -> str:
 
 
 def fid_over_wall_clock(run_dir: Path) -> list[tuple[float, float]]:
-    """(seconds, best reported FID so far) after each search trial, or the final point of a single run."""
+    """(seconds, best reported FID so far) after each search trial that carries a reported FID, else the run's final
+    point (search trials are ranked on selection noise and carry ``selection_fid`` only: a search is its final
+    point)."""
     trials = [row for row in read_metrics(run_dir) if "trial" in row and math.isfinite(row.get("fid", math.nan))]
     if not trials:
         summary = read_summary(run_dir)
@@ -71,13 +73,14 @@ def write_comparison(runs: Mapping[str, Path], out_dir: Path) -> dict[str, Path]
     table.write_text(comparison_markdown(runs))
     first = next(iter(runs.values()))
     initial = read_summary(first)["initial_schedule"]
-    curves: dict[str, NoiseSchedule] = {f"{label}: final": final_schedule(run_dir) for label, run_dir in runs.items()}
-    curves["initial"] = instantiate(OmegaConf.load(first / "config.yaml").schedule, learnable=False, **initial)
+    curves: dict[str, NoiseSchedule] = {label: final_schedule(run_dir) for label, run_dir in runs.items()}
+    curves["initial q"] = instantiate(OmegaConf.load(first / "config.yaml").schedule, learnable=False, **initial)
     curves["standard cosine"] = CosineSchedule(start=0.0, end=1.0, tau=1.0, eps=0.008)
     rows = {label: read_metrics(run_dir) for label, run_dir in runs.items()}
     traces = {label: metrics for label, metrics in rows.items() if any("objective_fid" in row for row in metrics)}
     return {"table": table,
-            "schedules": plot_schedules(curves, out_dir / "schedules.png", title="final schedules"),
+            "schedules": plot_schedules(curves, out_dir / "schedules.png",
+                                        title=f"final schedules q of each method (seed {read_summary(first)['seed']})"),
             "schedule_params": plot_parameter_traces(traces, ("start", "end", "tau", "eps"),
                                                      out_dir / "schedule_params.png"),
             "fid_vs_wall_clock": plot_fid_over_wall_clock(
