@@ -192,3 +192,21 @@ def test_searches_select_on_their_own_noise_and_report_the_chosen_trial_on_the_e
     images = pipe(batch_size=2, num_inference_steps=2, generator=torch.Generator().manual_seed(0),
                   output_type="np").images
     assert images.shape == (2, 28, 28, 1)
+
+
+def test_the_q_gradient_snr_probe_logs_without_changing_the_run(tmp_path) -> None:
+    """snr_repeats > 0 logs q_grad_snr (and every bilevel step logs the ratio of the two q-gradient parts) while
+    the run's numbers stay those of a run without the probe."""
+    def run(*overrides: str) -> tuple[list[dict], PenaltyLoop]:
+        problem, cfg, ctx = _problem(tmp_path / "_".join(overrides or ("plain",)), *overrides)
+        loop = PenaltyLoop(instantiate(cfg.upper_estimator), problem, ctx)
+        return [loop.step() for _ in range(3)], loop
+
+    plain, plain_loop = run()
+    probed, probed_loop = run("upper_estimator.snr_repeats=3")
+    bilevel = [row for row in probed if "objective_fid" in row]
+    assert bilevel and all(row["q_grad_snr"] >= 0 and row["term_ratio_q"] > 0 for row in bilevel[1:])
+    assert "q_grad_snr" not in plain[-1] and "term_ratio_q" in plain[-1] and "term_ratio_q" not in bilevel[0]
+    strip = lambda rows: [{k: v for k, v in r.items() if k not in ("q_grad_snr", "objective_nfe")} for r in rows]  # noqa: E731
+    assert strip(plain) == strip(probed), "the probe must not move the run"
+    assert probed_loop.objective_nfe > plain_loop.objective_nfe, "and its cost is counted"

@@ -106,6 +106,7 @@ class PenaltyGradients:
     lower_plain: float
     norms: dict[str, float]
     skipped_directions: int
+    upper_zo: torch.Tensor  # the zeroth-order part of ``upper`` before the division by gamma
 
 
 def penalty_gradients(upper: torch.Tensor, penalised: Sequence[torch.Tensor],
@@ -141,8 +142,11 @@ def penalty_gradients(upper: torch.Tensor, penalised: Sequence[torch.Tensor],
     penalised_grads = [zo / gamma + g for zo, g in zip(zo_z.grads, grad_z)]
     evaluations = zo_z.evaluations + zo_q.evaluations
     mean = (zo_z.mean_value * zo_z.evaluations + zo_q.mean_value * zo_q.evaluations) / evaluations
+    penalty_q = _norm([grad_q_z - grad_q_y])
     norms = {"gnorm_zo_q": _norm(zo_q.grads), "gnorm_sm_z_q": _norm([grad_q_z]), "gnorm_sm_y_q": _norm([grad_q_y]),
-             "gnorm_zo_z": _norm(zo_z.grads), "gnorm_sm_z": _norm(grad_z)}
+             "gnorm_zo_z": _norm(zo_z.grads), "gnorm_sm_z": _norm(grad_z), "gnorm_penalty_q": penalty_q}
+    if penalty_q > 0:  # how the two parts of the q-gradient compare: |ZO_q F / gamma| / |grad_q L(z) - grad_q L(y)|
+        norms["term_ratio_q"] = _norm(zo_q.grads) / gamma / penalty_q
     return PenaltyGradients(upper_grad, penalised_grads, mean, distributed.sum_scalar(loss_z.detach()),
                             distributed.sum_scalar(loss_y.detach()), norms,
-                            zo_z.skipped_directions + zo_q.skipped_directions)
+                            zo_z.skipped_directions + zo_q.skipped_directions, zo_q.grads[0])

@@ -29,7 +29,7 @@ from bilevel_diffusion.problems.schedule import ScheduleProblem
 from bilevel_diffusion.runtime import RunContext
 from bilevel_diffusion.schedules.family import NoiseSchedule
 from bilevel_diffusion.upper_estimators.base import UpperEstimator
-from bilevel_diffusion.upper_estimators.penalty import penalty_gradients
+from bilevel_diffusion.upper_estimators.penalty import PenaltyGradients, penalty_gradients, two_point_gradient
 
 
 class ZerothOrderEstimator(UpperEstimator):
@@ -48,7 +48,8 @@ class ZerothOrderEstimator(UpperEstimator):
     def __init__(self, name: str = "zeroth_order", inner_steps: int = 10, warmup_fraction: float = 0.5,
                  gamma: float = 1.0, gamma_end: float | None = None, num_directions: int = 1, delta: float = 0.01,
                  delta_z: float = 0.01, n_obj: int = 36, obj_inference_steps: int = 10, obj_batch_size: int = 500,
-                 schedule_lr: float = 0.02, lr_z: float = 1.0e-3, on_nonfinite: str = "stop") -> None:
+                 schedule_lr: float = 0.02, lr_z: float = 1.0e-3, on_nonfinite: str = "stop",
+                 snr_repeats: int = 0) -> None:
         gamma_end = gamma if gamma_end is None else gamma_end
         checks = [(inner_steps >= 1, f"inner_steps must be >= 1 (got {inner_steps})"),
                   (0 <= warmup_fraction < 1, f"warmup_fraction must be in [0, 1) (got {warmup_fraction})"),
@@ -58,7 +59,8 @@ class ZerothOrderEstimator(UpperEstimator):
                   (n_obj >= 2, f"n_obj must be >= 2, FID needs two samples (got {n_obj})"),
                   (obj_inference_steps >= 1, f"obj_inference_steps must be >= 1 (got {obj_inference_steps})"),
                   (obj_batch_size >= 1, f"obj_batch_size must be >= 1 (got {obj_batch_size})"),
-                  (schedule_lr > 0 and lr_z > 0, f"schedule_lr and lr_z must be > 0 (got {schedule_lr}, {lr_z})")]
+                  (schedule_lr > 0 and lr_z > 0, f"schedule_lr and lr_z must be > 0 (got {schedule_lr}, {lr_z})"),
+                  (snr_repeats >= 0, f"snr_repeats must be >= 0 (got {snr_repeats})")]
         for ok, message in checks:
             if not ok:
                 raise ConfigError(f"upper_estimator.{message}")
@@ -69,6 +71,7 @@ class ZerothOrderEstimator(UpperEstimator):
         self.n_obj, self.obj_inference_steps = int(n_obj), int(obj_inference_steps)
         self.obj_batch_size, self.schedule_lr, self.lr_z = int(obj_batch_size), float(schedule_lr), float(lr_z)
         self.on_nonfinite = check_policy(on_nonfinite, "upper_estimator.on_nonfinite")
+        self.snr_repeats = int(snr_repeats)
 
     def solve(self, problem: ScheduleProblem, ctx: RunContext) -> dict[str, Any]:
         """Alg. 6 on ``problem``; the reported model is theta_y's EMA (the network trained under the learned
@@ -222,11 +225,27 @@ class PenaltyLoop:
         self.optimizer_z.step()
         self.optimizer_z.zero_grad(set_to_none=True)
         self.lr_scheduler_z.step()
+        snr = self._q_gradient_snr(grads, gamma, noise_seed) if self.estimator.snr_repeats else {}
         self.upper.step(grads.upper)
         if not bool(torch.isfinite(self.schedule.raw).all()):
             raise NumericalFault(f"non-finite schedule parameters at {where}; the last good checkpoint is kept")
         return {"objective_fid": grads.objective, "loss_z": grads.lower_penalised, "gamma": gamma,
-                "zo_skipped": grads.skipped_directions, "objective_nfe": self.objective_nfe, **grads.norms}
+                "zo_skipped": grads.skipped_directions, "objective_nfe": self.objective_nfe, **grads.norms, **snr}
+
+    def _q_gradient_snr(self, grads: PenaltyGradients, gamma: float, seed: int) -> dict[str, float]:
+        """Signal-to-noise of the q-gradient at this point (``docs/method.md``): ``snr_repeats`` more zeroth-order
+        estimates of F's q-part with their own directions (drawn from ``seed``, so the run's random stream is
+        untouched), each added to the same exact penalty part; per coordinate |mean| / std over all estimates, the
+        median over coordinates logged as ``q_grad_snr``. Costs ``snr_repeats`` more estimates (``objective_nfe``)."""
+        estimator, generator = self.estimator, torch.Generator().manual_seed(seed)
+        penalty_part = grads.upper - grads.upper_zo / gamma
+        estimates = [grads.upper]
+        for _ in range(estimator.snr_repeats):
+            zo = two_point_gradient([self.schedule.raw], self.objective, estimator.delta, estimator.num_directions,
+                                    generator, scale=[self.upper.width], project=self.schedule.project_)
+            estimates.append(zo.grads[0] / gamma + penalty_part)
+        stack = torch.stack(estimates)
+        return {"q_grad_snr": float((stack.mean(0).abs() / stack.std(0).clamp_min(1e-30)).median())}
 
     def theta_distance(self) -> float:
         """||theta_z - theta_y||_2: zero would mean the penalised copy never moved apart (the official bug)."""
