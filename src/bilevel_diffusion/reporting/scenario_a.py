@@ -57,11 +57,20 @@ def plot_samples_small_chosen_large(runs: Mapping[str, Path], path: Path, bileve
     panels = [(rf"$\lambda$ = {images[0].stem.split('_')[-1]} (grid)", images[0]),
               (rf"$\lambda$ = {read_summary(runs[bilevel])['lambda']:.3g} (bilevel)", runs[bilevel] / "samples.png"),
               (rf"$\lambda$ = {images[-1].stem.split('_')[-1]} (grid)", images[-1])]
-    fig, axes = plt.subplots(1, 3, figsize=(10, 3.4))
-    for ax, (title, image) in zip(axes, panels):
-        ax.imshow(mpimg.imread(str(image)), cmap="gray")
+    pictures = [mpimg.imread(str(image)) for _, image in panels]
+    height, width = pictures[0].shape[:2]
+    fig, axes = plt.subplots(1, 3, figsize=(10, 10 / 3 * height / width + 0.9))
+    for ax, (title, _), picture in zip(axes, panels, pictures):
+        ax.imshow(picture, cmap="gray")
         ax.set_title(title, fontsize=9)
-        ax.axis("off")
+        ax.set_xticks([])
+        ax.set_yticks([])
+    summary = read_summary(runs[bilevel])
+    prompts = summary.get("prompts", [])
+    if len(prompts) > 1:  # image grids hold one row per prompt
+        axes[0].set_ylabel("rows: " + ", ".join(str(p) for p in prompts), fontsize=8)
+    fig.suptitle(f"{summary['task']}, seed {summary['seed']}: guided samples at small, chosen and large lambda",
+                 fontsize=10)
     return save_figure(fig, path)
 
 
