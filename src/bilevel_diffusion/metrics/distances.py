@@ -76,7 +76,3 @@ def feature_distances(a: torch.Tensor, b: torch.Tensor, paired: bool = False) ->
         kid = kid_compute(metric, b.shape[0], a.shape[0])
     return {"fid": float(fid.compute()), "kid": kid, "n": min(a.shape[0], b.shape[0])}
 
-
-def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Fréchet distance between the Gaussians fitted to ``a`` and ``b`` ([N, D] each)."""
-    return feature_distances(a, b)["fid"]

@@ -107,11 +107,16 @@ class ScheduleProblem:
                     num_inference_steps: int, batch_size: int) -> tuple[float, int]:
         """The cheap in-loop objective: FID of ``num_samples`` DDIM samples from noise seeded by ``seed``, and
         the network evaluations it cost. Never reported as the run's FID."""
+        images, nfe = self._sample(model, schedule, num_samples, seed, num_inference_steps, batch_size)
+        return self.quality.fid_score(images), nfe
+
+    def _sample(self, model: nn.Module, schedule: NoiseSchedule, num_samples: int, seed: int,
+                num_inference_steps: int, batch_size: int) -> tuple[torch.Tensor, int]:
+        """DDIM samples of ``model`` under ``schedule`` from the noise of ``seed``, and their network evaluations."""
         scheduler = make_ddim_scheduler(schedule.betas().detach(), clip_sample=self.clip_sample,
                                         timestep_spacing=self.timestep_spacing)
-        images, nfe = ddim_sample(model, scheduler, fixed_noise(num_samples, seed), num_inference_steps, batch_size,
-                                  self.ctx.device)
-        return self.quality.fid_score(images), nfe
+        return ddim_sample(model, scheduler, fixed_noise(num_samples, seed), num_inference_steps, batch_size,
+                           self.ctx.device)
 
     def report(self, model: nn.Module, schedule: NoiseSchedule, step: int | None,
                grid_name: str = "samples") -> dict[str, Any]:
@@ -157,11 +162,8 @@ class ScheduleProblem:
         schedule = self.with_params(params)
         solver = self.train(schedule, desc="trial: score matching")
         model, ev = solver.ema_model(), self.evaluation
-        scheduler = make_ddim_scheduler(schedule.betas().detach(), clip_sample=self.clip_sample,
-                                        timestep_spacing=self.timestep_spacing)
-        noise = fixed_noise(int(ev["num_samples"]), int(ev["seed"]) + SELECTION_SEED_OFFSET)
-        images, nfe = ddim_sample(model, scheduler, noise, int(ev["num_inference_steps"]), int(ev["batch_size"]),
-                                  self.ctx.device)
+        images, nfe = self._sample(model, schedule, int(ev["num_samples"]), int(ev["seed"]) + SELECTION_SEED_OFFSET,
+                                   int(ev["num_inference_steps"]), int(ev["batch_size"]))
         self.ctx.recorder.save_images(_trial_grid_name(params), images[:int(ev["grid_size"])])
         fid = self.quality.fid_score(images)
         if self._best_trial is None or fid < self._best_trial[0]:
