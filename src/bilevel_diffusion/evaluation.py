@@ -12,8 +12,10 @@ import torch
 from torch import nn
 
 from bilevel_diffusion.metrics.image_quality import ImageQuality
+from bilevel_diffusion.reporting.figures import plot_points
 from bilevel_diffusion.runtime import RunContext
 from bilevel_diffusion.sampling.ddim import ddim_sample, make_ddim_scheduler
+from bilevel_diffusion.tracking.recorder import Recorder
 
 
 @dataclass
@@ -39,15 +41,25 @@ def fixed_noise(num_samples: int, seed: int, shape: tuple[int, ...] = (1, 28, 28
     return torch.randn((num_samples, *shape), generator=torch.Generator().manual_seed(seed))
 
 
+def save_samples(recorder: Recorder, name: str, samples: torch.Tensor) -> Path:
+    """``<run dir>/<name>.png``: a grid of images, or a scatter plot of points ``[N, 2]``."""
+    if samples.dim() == 2:
+        path = plot_points(samples, recorder.run_dir / f"{name}.png")
+        recorder.log_file_image(name, path)
+        return path
+    return recorder.save_images(name, samples)
+
+
 def report_samples(model: nn.Module, betas: torch.Tensor, quality: ImageQuality, evaluation: Mapping[str, Any],
                    ctx: RunContext, clip_sample: bool = True, timestep_spacing: str = "trailing",
-                   grid_name: str = "samples") -> SampleReport:
-    """Sample ``evaluation["num_samples"]`` images with DDIM from the noise of ``evaluation["seed"]``, score them
-    and save a grid of the first ``evaluation["grid_size"]``."""
+                   grid_name: str = "samples", sample_shape: tuple[int, ...] = (1, 28, 28)) -> SampleReport:
+    """Sample ``evaluation["num_samples"]`` samples of ``sample_shape`` with DDIM from the noise of
+    ``evaluation["seed"]``, score them and save a grid (images) or scatter plot (points) of the first
+    ``evaluation["grid_size"]``."""
     scheduler = make_ddim_scheduler(betas, clip_sample=clip_sample, timestep_spacing=timestep_spacing)
-    images, nfe = ddim_sample(model, scheduler, fixed_noise(int(evaluation["num_samples"]), int(evaluation["seed"])),
+    images, nfe = ddim_sample(model, scheduler, fixed_noise(int(evaluation["num_samples"]), int(evaluation["seed"]), sample_shape),
                               int(evaluation["num_inference_steps"]), int(evaluation["batch_size"]), ctx.device,
                               progress=True)
-    ctx.recorder.save_images(grid_name, images[:int(evaluation["grid_size"])])
+    save_samples(ctx.recorder, grid_name, images[:int(evaluation["grid_size"])])
     is_mean, is_std = quality.inception_score(images)
     return SampleReport(images, quality.fid_score(images), quality.kid_score(images), is_mean, is_std, nfe)

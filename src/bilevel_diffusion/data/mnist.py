@@ -19,12 +19,18 @@ from bilevel_diffusion.errors import ConfigError
 
 @dataclass
 class ImageData:
-    """Train and held-out images ``[N, 1, 28, 28]`` in [-1, 1] with integer labels."""
+    """Train and held-out samples in [-1, 1] with integer labels: images ``[N, 1, 28, 28]`` here, points ``[N, 2]``
+    for the 2-D testbed (:mod:`bilevel_diffusion.data.gaussian_grid`)."""
 
     train_x: torch.Tensor
     train_y: torch.Tensor
     test_x: torch.Tensor
     test_y: torch.Tensor
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        """The shape of one sample (and of the initial noise of a sampler)."""
+        return tuple(self.train_x.shape[1:])
 
     def batch(self, batch_size: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """A random training batch (with replacement across batches, without within one)."""

@@ -76,3 +76,39 @@ def feature_distances(a: torch.Tensor, b: torch.Tensor, paired: bool = False) ->
         kid = kid_compute(metric, b.shape[0], a.shape[0])
     return {"fid": float(fid.compute()), "kid": kid, "n": min(a.shape[0], b.shape[0])}
 
+
+
+def _symmetric_sqrt(matrix: torch.Tensor) -> torch.Tensor:
+    values, vectors = torch.linalg.eigh(matrix)
+    return (vectors * values.clamp_min(0).sqrt()) @ vectors.T
+
+
+def real_statistics(fid: FrechetInceptionDistance) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(mean, symmetric square root of the covariance, trace of the covariance) of the real features that an
+    updated torchmetrics FID holds, in float64."""
+    n = fid.real_features_num_samples.double()
+    mean = fid.real_features_sum.double() / n
+    cov = (fid.real_features_cov_sum.double() - n * torch.outer(mean, mean)) / (n - 1)
+    return mean, _symmetric_sqrt(cov), torch.trace(cov)
+
+
+def frechet_to_reference(features: torch.Tensor, mean_ref: torch.Tensor, cov_ref_sqrt: torch.Tensor,
+                         cov_ref_trace: torch.Tensor) -> torch.Tensor:
+    """The Fréchet distance between ``features`` [N, D] and a reference Gaussian, differentiable in ``features``::
+
+        |mu - mu_r|^2 + tr S + tr S_r - 2 tr (S_r^1/2 S S_r^1/2)^1/2
+
+    The last trace is the sum of the square roots of the eigenvalues of ``M M^T / (N - 1)`` with
+    ``M = (features - mu) S_r^1/2`` (the smaller of ``M M^T`` and ``M^T M``, which share their nonzero eigenvalues),
+    so no square root of a rank-deficient matrix is differentiated; eigenvalues below 1e-10 of the largest count as
+    zero and pass no gradient. The value equals torchmetrics' FID of the same features."""
+    n = features.shape[0]
+    features = features.double()
+    mean = features.mean(0)
+    centred = features - mean
+    m = centred @ cov_ref_sqrt
+    gram = (m @ m.T if n <= m.shape[1] else m.T @ m) / (n - 1)
+    eigenvalues = torch.linalg.eigvalsh(gram)
+    floor = 1e-10 * eigenvalues.max().detach().clamp_min(1e-300)
+    trace_sqrt = torch.where(eigenvalues > floor, eigenvalues.clamp_min(floor).sqrt(), 0.0).sum()
+    return (mean - mean_ref).pow(2).sum() + centred.pow(2).sum() / (n - 1) + cov_ref_trace - 2 * trace_sqrt

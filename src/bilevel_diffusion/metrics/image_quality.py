@@ -15,7 +15,8 @@ from torchmetrics.image.inception import InceptionScore
 from torchmetrics.image.kid import KernelInceptionDistance
 
 from bilevel_diffusion.errors import ConfigError
-from bilevel_diffusion.metrics.distances import LOCAL, feature_distances, kid_compute
+from bilevel_diffusion.metrics.distances import (LOCAL, feature_distances, frechet_to_reference, kid_compute,
+                                                 real_statistics)
 from bilevel_diffusion.metrics.classifier import FEATURE_DIM, MNISTClassifier, load_or_train_classifier
 
 
@@ -38,19 +39,19 @@ class _ClassifierLogits(_ClassifierFeatures):
 
 
 class ImageQuality:
-    """FID and KID of generated images against a fixed real set, and IS; real features are computed once."""
+    """FID and KID of generated images against a fixed real set, and IS; real features are computed once.
+
+    :meth:`differentiable_fid` is the same FID as a torch function of the samples (for first-order gradients of the
+    upper objective, ``docs/method.md``); it needs a feature network held here (not ``features=inception``)."""
 
     def __init__(self, real: torch.Tensor, features: str = "mnist_classifier", cache_dir: str | Path = "outputs/cache",
                  inception_path: str | None = None, device: torch.device | str = "cpu", batch_size: int = 500) -> None:
         self.features, self.device, self.batch_size = features, torch.device(device), batch_size
+        self.feature_net: nn.Module | None = None
         if features == "mnist_classifier":
             classifier = load_or_train_classifier(cache_dir)
-            self.fid = FrechetInceptionDistance(feature=_ClassifierFeatures(classifier), reset_real_features=False,
-                                                **LOCAL)
-            self.kid = KernelInceptionDistance(feature=_ClassifierFeatures(classifier), subset_size=2,
-                                               reset_real_features=False, **LOCAL)
-            self.inception = InceptionScore(feature=_ClassifierLogits(classifier), **LOCAL)
-            self.label = "mnist_classifier (project CNN, 128-d penultimate layer)"
+            self._use_networks(_ClassifierFeatures(classifier), _ClassifierLogits(classifier),
+                               "mnist_classifier (project CNN, 128-d penultimate layer)")
         elif features == "inception":
             if not inception_path or not Path(inception_path).is_file():
                 raise ConfigError(f"metrics.fid.features=inception needs torch-fidelity's Inception weights "
@@ -65,9 +66,20 @@ class ImageQuality:
             self.label = "inception-v3 (torch-fidelity FID weights, pool3 2048-d)"
         else:
             raise ConfigError(f"metrics.fid.features must be mnist_classifier or inception (got {features!r})")
+        self._set_real(real)
+
+    def _use_networks(self, features: nn.Module, logits: nn.Module, label: str) -> None:
+        """FID and KID on ``features`` (a module with ``num_features``), IS on the softmax of ``logits``."""
+        self.feature_net, self.label = features, label
+        self.fid = FrechetInceptionDistance(feature=features, reset_real_features=False, **LOCAL)
+        self.kid = KernelInceptionDistance(feature=features, subset_size=2, reset_real_features=False, **LOCAL)
+        self.inception = InceptionScore(feature=logits, **LOCAL)
+
+    def _set_real(self, real: torch.Tensor) -> None:
         for metric in (self.fid, self.kid, self.inception):
             metric.to(self.device)
         self.num_real = real.shape[0]
+        self._real_statistics: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
         self._update(self.fid, real, real=True)
         self._update(self.kid, real, real=True)
 
@@ -105,6 +117,19 @@ class ImageQuality:
         self._update(self.inception, fake)
         mean, std = self.inception.compute()
         return float(mean), float(std)
+
+    def differentiable_fid(self, fake: torch.Tensor) -> torch.Tensor:
+        """FID of ``fake`` against the real set as a float64 torch scalar with a graph to ``fake`` (the value agrees
+        with :meth:`fid_score`; :func:`~bilevel_diffusion.metrics.distances.frechet_to_reference`)."""
+        if self.feature_net is None:
+            raise ConfigError(f"a differentiable FID needs a feature network held by the project "
+                              f"(features={self.features!r} has none)")
+        if fake.shape[0] < 2:
+            raise ConfigError(f"FID needs at least 2 generated samples (got {fake.shape[0]})")
+        if self._real_statistics is None:
+            self._real_statistics = real_statistics(self.fid)
+        features = self.feature_net(self._prepare(fake).to(self.device)).double()
+        return frechet_to_reference(features, *self._real_statistics)
 
 
 class FeatureDrift:

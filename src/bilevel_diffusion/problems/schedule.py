@@ -31,7 +31,7 @@ from torch import nn
 from bilevel_diffusion import distributed
 from bilevel_diffusion.data.mnist import ImageData
 from bilevel_diffusion.errors import ConfigError
-from bilevel_diffusion.evaluation import fixed_noise, report_samples
+from bilevel_diffusion.evaluation import fixed_noise, report_samples, save_samples
 from bilevel_diffusion.exporting import export_diffusers
 from bilevel_diffusion.lower_solvers.score_matching import ScoreMatchingSolver, fit, score_matching_loss
 from bilevel_diffusion.metrics.image_quality import ImageQuality
@@ -115,15 +115,16 @@ class ScheduleProblem:
         """DDIM samples of ``model`` under ``schedule`` from the noise of ``seed``, and their network evaluations."""
         scheduler = make_ddim_scheduler(schedule.betas().detach(), clip_sample=self.clip_sample,
                                         timestep_spacing=self.timestep_spacing)
-        return ddim_sample(model, scheduler, fixed_noise(num_samples, seed), num_inference_steps, batch_size,
-                           self.ctx.device)
+        return ddim_sample(model, scheduler, fixed_noise(num_samples, seed, self.data.sample_shape),
+                           num_inference_steps, batch_size, self.ctx.device)
 
     def report(self, model: nn.Module, schedule: NoiseSchedule, step: int | None,
                grid_name: str = "samples") -> dict[str, Any]:
         """The reported FID/KID/IS of ``model`` sampled under ``schedule``, logged at ``step`` (None: not logged);
         the model and schedule are exported to ``<run dir>/diffusers`` (:mod:`bilevel_diffusion.exporting`)."""
         sample_report = report_samples(model, schedule.betas(), self.quality, self.evaluation, self.ctx,
-                                       self.clip_sample, self.timestep_spacing, grid_name=grid_name)
+                                       self.clip_sample, self.timestep_spacing, grid_name=grid_name,
+                                       sample_shape=self.data.sample_shape)
         if distributed.is_main():  # the reported network and its schedule, loadable with diffusers alone
             export_diffusers(model, schedule.betas(), self.ctx.run_dir / "diffusers", self.clip_sample,
                              self.timestep_spacing)
@@ -164,7 +165,7 @@ class ScheduleProblem:
         model, ev = solver.ema_model(), self.evaluation
         images, nfe = self._sample(model, schedule, int(ev["num_samples"]), int(ev["seed"]) + SELECTION_SEED_OFFSET,
                                    int(ev["num_inference_steps"]), int(ev["batch_size"]))
-        self.ctx.recorder.save_images(_trial_grid_name(params), images[:int(ev["grid_size"])])
+        save_samples(self.ctx.recorder, _trial_grid_name(params), images[:int(ev["grid_size"])])
         fid = self.quality.fid_score(images)
         if self._best_trial is None or fid < self._best_trial[0]:
             self._best_trial = (fid, dict(params), {k: v.detach().clone() for k, v in model.state_dict().items()})

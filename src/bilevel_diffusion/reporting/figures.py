@@ -74,3 +74,13 @@ def save_figure(fig: plt.Figure, path: Path) -> Path:
     fig.savefig(path, dpi=120, bbox_inches="tight")  # legends placed beside the axes stay in the file
     plt.close(fig)
     return path
+
+
+def plot_points(points: torch.Tensor, path: Path, title: str = "") -> Path:
+    """A scatter plot of 2-D samples in [-1, 1]^2 (the testbed's sample "grid")."""
+    fig, ax = plt.subplots(figsize=(4, 4))
+    xy = points.detach().float().cpu().numpy()
+    ax.scatter(xy[:, 0], xy[:, 1], s=2, alpha=0.5, color="C0", linewidths=0)
+    ax.set(xlim=(-1.05, 1.05), ylim=(-1.05, 1.05), aspect="equal", xlabel="$x_1$", ylabel="$x_2$",
+           title=title or f"{xy.shape[0]:,} samples")
+    return save_figure(fig, path)

@@ -15,6 +15,7 @@ from bilevel_diffusion.data.mnist import ImageData
 from bilevel_diffusion.errors import ConfigError
 from bilevel_diffusion.evaluation import build_image_quality
 from bilevel_diffusion.lower_solvers.score_matching import ScoreMatchingSolver
+from bilevel_diffusion.metrics.image_quality import ImageQuality
 from bilevel_diffusion.problems.schedule import ScheduleProblem
 from bilevel_diffusion.runtime import RunContext
 from bilevel_diffusion.schedules.family import NoiseSchedule
@@ -43,11 +44,14 @@ class TrainMNIST(Task):
         self.evaluation, self.sampler, self.fid = evaluation, sampler, fid
         self.log_every, self.checkpoint_every = int(log_every), int(checkpoint_every)
 
+    def quality(self, ctx: RunContext) -> ImageQuality:
+        """The reported-FID evaluator (``metrics.fid``) against the held-out images."""
+        return build_image_quality(self.data.test_x, self.fid, ctx.cache_dir, ctx.device,
+                                   int(self.evaluation["batch_size"]))
+
     def problem(self, ctx: RunContext) -> ScheduleProblem:
-        quality = build_image_quality(self.data.test_x, self.fid, ctx.cache_dir, ctx.device,
-                                      int(self.evaluation["batch_size"]))
         return ScheduleProblem(name=self.name, data=self.data, model=self.model, schedule=self.schedule,
-                               lower_solver=self.lower_solver, quality=quality, evaluation=self.evaluation,
+                               lower_solver=self.lower_solver, quality=self.quality(ctx), evaluation=self.evaluation,
                                sampler=self.sampler, ctx=ctx, log_every=self.log_every,
                                checkpoint_every=self.checkpoint_every)
 
