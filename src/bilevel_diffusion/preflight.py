@@ -3,7 +3,8 @@ composes the job, so bad input fails in about a second with one ``error:`` line 
 (``docs/reliability.md``); :func:`check_config` and the run-directory checks run again inside every job (sweeps).
 
 - every ``group=option`` names an existing option (with a "did you mean"), every ``key=value`` an existing key;
-- every per-task preset file (``task_preset/<experiment>/<task>.yaml``) names an existing experiment and task;
+- every per-task preset file (``task_preset/<experiment>/<task>.yaml``) names an existing experiment and task, and
+  every per-estimator one (``estimator_preset/<task>/<upper_estimator>.yaml``) an existing task and estimator;
 - a value keeps the type of its default (``lower_solver.lr=abc`` is refused) and lies in its range;
 - the run directory is writable, holds no other run (unless ``resume=true`` with the same config) and no live job.
 """
@@ -25,7 +26,7 @@ from bilevel_diffusion.tracking.credentials import wandb_credentials_found
 from bilevel_diffusion.run_directory import check_fingerprint, check_unlocked, check_writable, guard_run_dir
 
 #: config groups chosen by a preset, not by the user (their option names are interpolated)
-_INTERNAL_GROUPS = ("hydra", "task_preset")
+_INTERNAL_GROUPS = ("hydra", "task_preset", "estimator_preset")
 _PLAIN_VALUE = re.compile(r"^[\w.-]+(,[\w.-]+)*$")
 #: command-line flags after which Hydra runs no job
 _NO_JOB_FLAGS = ("--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "-i", "--shell-completion", "-sc",
@@ -63,6 +64,12 @@ def check_presets(config_dir: Path, groups: dict[str, list[str]]) -> None:
         if experiment not in groups["experiment"] or task not in groups["task"]:
             raise ConfigError(f"{path.relative_to(config_dir)} matches no run: experiment={experiment!r} and "
                               f"task={task!r} must be options of configs/experiment and configs/task")
+    for path in sorted((config_dir / "estimator_preset").glob("*/*.yaml")):
+        task, estimator = path.parent.name, path.stem
+        if task not in groups["task"] or estimator not in groups["upper_estimator"]:
+            raise ConfigError(f"{path.relative_to(config_dir)} matches no run: task={task!r} and "
+                              f"upper_estimator={estimator!r} must be options of configs/task and "
+                              f"configs/upper_estimator")
 
 
 def check_options(overrides: dict[str, str], groups: dict[str, list[str]]) -> None:

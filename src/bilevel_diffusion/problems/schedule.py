@@ -6,8 +6,8 @@ schedule q and judge the schedule by the FID of the trained model's samples.
 A task fills a :class:`ScheduleProblem` with the data, a model factory, the schedule (its family, initial value and
 box), the score-matching solver factory and the reported-FID evaluator; upper estimators use
 
-- :meth:`new_solver`, :meth:`next_batch`, :meth:`lower_loss`, :meth:`in_loop_fid`: the pieces of the bilevel loop
-  (paper Alg. 6: the estimator owns the loop);
+- :meth:`new_solver`, :meth:`next_batch`, :meth:`lower_loss`, :meth:`in_loop_fid` (and its differentiable form
+  :meth:`in_loop_fid_differentiable`): the pieces of the bilevel loop (paper Alg. 6: the estimator owns the loop);
 - :meth:`train`: one full training under a fixed schedule (paper Alg. 3, the project's one training loop);
 - :meth:`search_space` / :meth:`trial` / :meth:`report_search`: one training per schedule (the searches). A trial
   is ranked by its *selection* FID, on noise disjoint from the evaluation noise (seed ``eval.seed +``
@@ -36,7 +36,7 @@ from bilevel_diffusion.exporting import export_diffusers
 from bilevel_diffusion.lower_solvers.score_matching import ScoreMatchingSolver, fit, score_matching_loss
 from bilevel_diffusion.metrics.image_quality import ImageQuality
 from bilevel_diffusion.runtime import RunContext
-from bilevel_diffusion.sampling.ddim import ddim_sample, make_ddim_scheduler
+from bilevel_diffusion.sampling.ddim import DETACH_X0_BELOW, ddim_differentiable, ddim_sample, make_ddim_scheduler
 from bilevel_diffusion.schedules.family import NoiseSchedule
 
 
@@ -109,6 +109,19 @@ class ScheduleProblem:
         the network evaluations it cost. Never reported as the run's FID."""
         images, nfe = self._sample(model, schedule, num_samples, seed, num_inference_steps, batch_size)
         return self.quality.fid_score(images), nfe
+
+    def in_loop_fid_differentiable(self, model: nn.Module, schedule: NoiseSchedule, num_samples: int, seed: int,
+                                   num_inference_steps: int,
+                                   detach_x0_below: float = DETACH_X0_BELOW) -> tuple[torch.Tensor, int]:
+        """The same in-loop FID as :meth:`in_loop_fid` (same noise, sampler and features) as a torch scalar with
+        a graph to ``model``'s weights (:func:`~bilevel_diffusion.sampling.ddim.ddim_differentiable`, then the
+        differentiable FID; ``docs/method.md``, the first-order theta_z gradient); and the network evaluations."""
+        scheduler = make_ddim_scheduler(schedule.betas().detach(), clip_sample=self.clip_sample,
+                                        timestep_spacing=self.timestep_spacing)
+        noise = fixed_noise(num_samples, seed, self.data.sample_shape).to(self.ctx.device)
+        model.eval()
+        samples = ddim_differentiable(model, scheduler, noise, num_inference_steps, detach_x0_below).clamp(-1, 1)
+        return self.quality.differentiable_fid(samples), num_samples * num_inference_steps
 
     def _sample(self, model: nn.Module, schedule: NoiseSchedule, num_samples: int, seed: int,
                 num_inference_steps: int, batch_size: int) -> tuple[torch.Tensor, int]:

@@ -3,10 +3,12 @@ checked on toy problems (``docs/method.md``, Scenario B):
 
 - :func:`two_point_gradient`: the zeroth-order (two-point Gaussian-smoothing) estimate of the gradient of an
   objective that can only be evaluated, such as the FID of DDIM samples;
+- :func:`backprop_gradient`: the first-order gradient of an objective that is a torch function of the parameters
+  (the FID of DDIM samples back-propagated through the sampler, for theta_z);
 - :func:`penalty_gradients`: the gradients of the penalty reformulation with two lower-level copies
   (``theta_y`` solves the plain lower problem, ``theta_z`` the penalised one)::
 
-      d theta_z = gradF_ZO(theta_z) / gamma + grad_theta L(theta_z; q)
+      d theta_z = gradF(theta_z) / gamma + grad_theta L(theta_z; q)        (gradF: first-order or ZO)
       d q       = gradF_ZO(q) / gamma + grad_q L(theta_z; q) - grad_q L(theta_y; q)      (Danskin)
 
 The loop that applies them to a diffusion model is :mod:`bilevel_diffusion.upper_estimators.zeroth_order`.
@@ -28,8 +30,8 @@ Objective = Callable[[int], float]
 
 
 @dataclass
-class ZOEstimate:
-    """A zeroth-order gradient, one tensor per parameter, and the mean of the objective values it used."""
+class GradientEstimate:
+    """A gradient estimate, one tensor per parameter, and the mean of the objective values it used."""
 
     grads: list[torch.Tensor]
     mean_value: float
@@ -39,7 +41,7 @@ class ZOEstimate:
 
 def two_point_gradient(params: Sequence[torch.Tensor], objective: Objective, delta: float, num_directions: int,
                        generator: torch.Generator, scale: Sequence[torch.Tensor | float] | None = None,
-                       project: Callable[[], None] | None = None) -> ZOEstimate:
+                       project: Callable[[], None] | None = None) -> GradientEstimate:
     """Two-point Gaussian-smoothing gradient of ``objective`` at ``params`` (paper Alg. 6, ``docs/method.md``)::
 
         g = 1/m sum_k (f(w + delta S v_k) - f(w - delta S v_k)) / (2 delta) * S^-1 v_k,    v_k ~ N(0, I)
@@ -88,7 +90,20 @@ def two_point_gradient(params: Sequence[torch.Tensor], objective: Objective, del
             for p, w in zip(params, saved):
                 p.copy_(w)
     finite = [v for v in values if math.isfinite(v)]
-    return ZOEstimate(grads, sum(finite) / len(finite) if finite else math.nan, len(values), skipped)
+    return GradientEstimate(grads, sum(finite) / len(finite) if finite else math.nan, len(values), skipped)
+
+
+def backprop_gradient(params: Sequence[torch.Tensor], objective: Callable[[], torch.Tensor]) -> GradientEstimate:
+    """The gradient of ``objective()`` (a scalar with a graph to ``params``) by autograd; a parameter it does not
+    depend on gets zeros, a non-finite value or gradient is reported as one skipped "direction" (zero gradient)."""
+    value = objective()
+    grads = torch.autograd.grad(value, list(params), allow_unused=True)
+    grads = [torch.zeros_like(p) if g is None else g.detach() for p, g in zip(params, grads)]
+    value = float(value.detach())
+    finite = math.isfinite(value) and all(bool(torch.isfinite(g).all()) for g in grads)
+    if not finite:
+        grads = [torch.zeros_like(g) for g in grads]
+    return GradientEstimate(grads, value, 1, 0 if finite else 1)
 
 
 def _norm(tensors: Sequence[torch.Tensor]) -> float:
@@ -111,26 +126,27 @@ class PenaltyGradients:
 
 def penalty_gradients(upper: torch.Tensor, penalised: Sequence[torch.Tensor],
                       lower_penalised: Callable[[], torch.Tensor], lower_plain: Callable[[], torch.Tensor],
-                      objective: Objective, gamma: float, delta_upper: float, delta_penalised: float,
-                      num_directions: int, generator: torch.Generator,
+                      objective: Objective, gamma: float, delta_upper: float, num_directions: int,
+                      generator: torch.Generator, penalised_gradient: Callable[[], GradientEstimate],
                       upper_scale: torch.Tensor | float = 1.0,
                       upper_project: Callable[[], None] | None = None) -> PenaltyGradients:
     """Gradients of the penalty method at (q, theta_z, theta_y) (paper Alg. 6, ``docs/method.md``; Danskin)::
 
         upper     = ZO_q f / gamma + grad_q L(theta_z; q) - grad_q L(theta_y; q)
-        penalised = ZO_z f / gamma + grad_z L(theta_z; q)
+        penalised = grad_z f / gamma + grad_z L(theta_z; q)
 
     ``upper`` is the upper variable q (a leaf tensor); ``penalised`` are theta_z's tensors; ``lower_penalised()`` and
-    ``lower_plain()`` return L(theta_z; q) and L(theta_y; q) with graphs to q (and to theta_z for the first); the
-    f-gradients are zeroth-order (:func:`two_point_gradient`, ``upper_scale`` = per-coordinate smoothing scale of q,
-    ``upper_project`` keeps its perturbations in q's box).
+    ``lower_plain()`` return L(theta_z; q) and L(theta_y; q) with graphs to q (and to theta_z for the first);
+    ``penalised_gradient()`` estimates grad_z f (:func:`backprop_gradient` or :func:`two_point_gradient`); the
+    q-gradient of f is zeroth-order (:func:`two_point_gradient` on ``objective``, ``upper_scale`` = per-coordinate
+    smoothing scale of q, ``upper_project`` keeps its perturbations in q's box).
     All terms are evaluated at the same point (a simultaneous update). With ``hardware=ddp`` the two losses are this
     rank's share of the batch loss and their gradients (and values) are summed over the ranks.
     """
     if gamma <= 0:
         raise ConfigError(f"the penalty constant gamma must be > 0 (got {gamma})")
     penalised = list(penalised)
-    zo_z = two_point_gradient(penalised, objective, delta_penalised, num_directions, generator)
+    zo_z = penalised_gradient()
     zo_q = two_point_gradient([upper], objective, delta_upper, num_directions, generator, scale=[upper_scale],
                               project=upper_project)
     loss_z = lower_penalised()
@@ -144,7 +160,7 @@ def penalty_gradients(upper: torch.Tensor, penalised: Sequence[torch.Tensor],
     mean = (zo_z.mean_value * zo_z.evaluations + zo_q.mean_value * zo_q.evaluations) / evaluations
     penalty_q = _norm([grad_q_z - grad_q_y])
     norms = {"gnorm_zo_q": _norm(zo_q.grads), "gnorm_sm_z_q": _norm([grad_q_z]), "gnorm_sm_y_q": _norm([grad_q_y]),
-             "gnorm_zo_z": _norm(zo_z.grads), "gnorm_sm_z": _norm(grad_z), "gnorm_penalty_q": penalty_q}
+             "gnorm_f_z": _norm(zo_z.grads), "gnorm_sm_z": _norm(grad_z), "gnorm_penalty_q": penalty_q}
     if penalty_q > 0:  # how the two parts of the q-gradient compare: |ZO_q F / gamma| / |grad_q L(z) - grad_q L(y)|
         norms["term_ratio_q"] = _norm(zo_q.grads) / gamma / penalty_q
     return PenaltyGradients(upper_grad, penalised_grads, mean, distributed.sum_scalar(loss_z.detach()),

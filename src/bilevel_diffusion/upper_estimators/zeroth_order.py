@@ -9,12 +9,20 @@ once, when warm-up ends; the official code never actually updated it); ``q`` are
 
 The upper objective inside the loop is a *cheap* FID: ``n_obj`` DDIM samples of ``theta_z`` with
 ``obj_inference_steps`` steps from noise seeded per zeroth-order direction (common random numbers for the +delta
-and -delta evaluations). It is logged as ``objective_fid`` and never reported as the FID of the run.
+and -delta evaluations). It is logged as ``objective_fid`` and never reported as the FID of the run. With
+``objective_scale: initial`` the loop uses F / F_0 (F_0 = the in-loop FID when the schedule starts to move, logged
+as ``objective_ref``), so that gamma and the step sizes mean the same whatever the FID's units.
+
+theta_z's F-gradient (``theta_z_gradient``): ``backprop`` (default) differentiates the in-loop FID through the
+DDIM chain and the feature network (first order, no noise from random directions); ``zeroth_order`` is the
+official two-point estimate over all weights with one direction, whose cosine with the true gradient is ~1/sqrt(d)
+(``docs/method.md`` has the measurements).
 """
 
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -29,7 +37,8 @@ from bilevel_diffusion.problems.schedule import ScheduleProblem
 from bilevel_diffusion.runtime import RunContext
 from bilevel_diffusion.schedules.family import NoiseSchedule
 from bilevel_diffusion.upper_estimators.base import UpperEstimator
-from bilevel_diffusion.upper_estimators.penalty import PenaltyGradients, penalty_gradients, two_point_gradient
+from bilevel_diffusion.upper_estimators.penalty import (GradientEstimate, PenaltyGradients, backprop_gradient,
+                                                       penalty_gradients, two_point_gradient)
 
 
 class ZerothOrderEstimator(UpperEstimator):
@@ -49,7 +58,7 @@ class ZerothOrderEstimator(UpperEstimator):
                  gamma: float = 1.0, gamma_end: float | None = None, num_directions: int = 1, delta: float = 0.01,
                  delta_z: float = 0.01, n_obj: int = 36, obj_inference_steps: int = 10, obj_batch_size: int = 500,
                  schedule_lr: float = 0.02, lr_z: float = 1.0e-3, on_nonfinite: str = "stop",
-                 snr_repeats: int = 0) -> None:
+                 snr_repeats: int = 0, theta_z_gradient: str = "backprop", objective_scale: str = "initial") -> None:
         gamma_end = gamma if gamma_end is None else gamma_end
         checks = [(inner_steps >= 1, f"inner_steps must be >= 1 (got {inner_steps})"),
                   (0 <= warmup_fraction < 1, f"warmup_fraction must be in [0, 1) (got {warmup_fraction})"),
@@ -60,7 +69,11 @@ class ZerothOrderEstimator(UpperEstimator):
                   (obj_inference_steps >= 1, f"obj_inference_steps must be >= 1 (got {obj_inference_steps})"),
                   (obj_batch_size >= 1, f"obj_batch_size must be >= 1 (got {obj_batch_size})"),
                   (schedule_lr > 0 and lr_z > 0, f"schedule_lr and lr_z must be > 0 (got {schedule_lr}, {lr_z})"),
-                  (snr_repeats >= 0, f"snr_repeats must be >= 0 (got {snr_repeats})")]
+                  (snr_repeats >= 0, f"snr_repeats must be >= 0 (got {snr_repeats})"),
+                  (theta_z_gradient in ("backprop", "zeroth_order"),
+                   f"theta_z_gradient must be backprop or zeroth_order (got {theta_z_gradient!r})"),
+                  (objective_scale in ("initial", "none"),
+                   f"objective_scale must be initial or none (got {objective_scale!r})")]
         for ok, message in checks:
             if not ok:
                 raise ConfigError(f"upper_estimator.{message}")
@@ -72,6 +85,7 @@ class ZerothOrderEstimator(UpperEstimator):
         self.obj_batch_size, self.schedule_lr, self.lr_z = int(obj_batch_size), float(schedule_lr), float(lr_z)
         self.on_nonfinite = check_policy(on_nonfinite, "upper_estimator.on_nonfinite")
         self.snr_repeats = int(snr_repeats)
+        self.theta_z_gradient, self.objective_scale = theta_z_gradient, objective_scale
 
     def solve(self, problem: ScheduleProblem, ctx: RunContext) -> dict[str, Any]:
         """Alg. 6 on ``problem``; the reported model is theta_y's EMA (the network trained under the learned
@@ -81,9 +95,10 @@ class ZerothOrderEstimator(UpperEstimator):
         loop.fit()
         result = problem.report(loop.solver.ema_model(), problem.schedule, loop.solver.num_steps)
         report_nfe = result["sampler_nfe"]
+        # a backward pass through the sampler costs about two forward passes
         return {**result, "report_nfe": report_nfe, "sampler_nfe": report_nfe + loop.objective_nfe,
-                "sampler_cost": report_nfe + loop.objective_nfe,  # unguided DDIM only
-                "objective_nfe": loop.objective_nfe, "trainings_used": 1, "train_steps": loop.solver.num_steps,
+                "sampler_cost": report_nfe + loop.objective_nfe + 2 * loop.backprop_nfe,
+                "objective_nfe": loop.objective_nfe, "objective_ref": loop.objective_ref, "trainings_used": 1, "train_steps": loop.solver.num_steps,
                 "train_steps_z": loop.bilevel_outer, "theta_z_minus_theta_y": loop.theta_distance()}
 
     def outer_steps(self, lower_steps: int) -> tuple[int, int]:
@@ -164,7 +179,9 @@ class PenaltyLoop:
         self.upper = BoxAdam(schedule, estimator.schedule_lr, self.bilevel_outer)
         self.generator = torch.Generator().manual_seed(ctx.seed)
         self.outer_step = 0
-        self.objective_nfe = 0
+        self.objective_nfe = 0   # forward network evaluations of the in-loop objective
+        self.backprop_nfe = 0    # ... of them back-propagated (theta_z_gradient=backprop)
+        self.objective_ref: float | None = None  # F_0 of objective_scale=initial
 
     @property
     def total_outer(self) -> int:
@@ -173,13 +190,37 @@ class PenaltyLoop:
     def _batch(self) -> torch.Tensor:
         return self.problem.next_batch(self.solver.batch_size, self.generator).to(self.ctx.device)
 
-    def objective(self, seed: int) -> float:
-        """Cheap in-loop FID of ``theta_z`` under the current schedule, from noise drawn with ``seed``."""
+    def _scale(self) -> float:
+        return self.objective_ref if self.estimator.objective_scale == "initial" and self.objective_ref else 1.0
+
+    def _in_loop_fid(self, seed: int) -> float:
         estimator = self.estimator
         fid, nfe = self.problem.in_loop_fid(self.theta_z, self.schedule, estimator.n_obj, seed,
                                             estimator.obj_inference_steps, estimator.obj_batch_size)
         self.objective_nfe += nfe
         return fid
+
+    def objective(self, seed: int) -> float:
+        """The upper objective: the cheap in-loop FID of ``theta_z`` under the current schedule, from noise drawn
+        with ``seed``, divided by F_0 (``objective_scale=initial``)."""
+        return self._in_loop_fid(seed) / self._scale()
+
+    def objective_torch(self, seed: int) -> torch.Tensor:
+        """:meth:`objective` as a torch scalar with a graph to theta_z's weights (``theta_z_gradient=backprop``)."""
+        estimator = self.estimator
+        fid, nfe = self.problem.in_loop_fid_differentiable(self.theta_z, self.schedule, estimator.n_obj, seed,
+                                                           estimator.obj_inference_steps)
+        self.objective_nfe += nfe
+        self.backprop_nfe += nfe
+        return fid / self._scale()
+
+    def _penalised_gradient(self, params_z: list[torch.Tensor]) -> Callable[[], GradientEstimate]:
+        estimator = self.estimator
+        if estimator.theta_z_gradient == "zeroth_order":
+            return lambda: two_point_gradient(params_z, self.objective, estimator.delta_z, estimator.num_directions,
+                                              self.generator)
+        seed = int(torch.randint(0, 2**31 - 1, (1,), generator=self.generator))
+        return lambda: backprop_gradient(params_z, lambda: self.objective_torch(seed))
 
     def _lower_loss(self, model: nn.Module, x0: torch.Tensor, noise_seed: int) -> Callable[[], torch.Tensor]:
         """L_SM(model; q) with a graph to q; both copies get the same batch, t and eps (common random numbers).
@@ -204,20 +245,23 @@ class PenaltyLoop:
     def _penalty_step(self, bilevel_step: int) -> dict[str, float]:
         if bilevel_step == 0:  # theta_z starts where theta_y is when the schedule starts to move
             self.theta_z.load_state_dict(self.solver.model.state_dict())
+            if self.estimator.objective_scale == "initial":  # F_0, from noise of its own
+                self.objective_ref = self._in_loop_fid(int(torch.randint(0, 2**31 - 1, (1,),
+                                                                         generator=self.generator)))
         gamma = self.estimator.gamma(bilevel_step, self.bilevel_outer)
         x0 = self._batch()
         noise_seed = int(torch.randint(0, 2**62, (1,), generator=self.generator))
         params_z = list(self.theta_z.parameters())
         grads = penalty_gradients(self.schedule.raw, params_z, self._lower_loss(self.theta_z, x0, noise_seed),
                                   self._lower_loss(self.solver.model, x0, noise_seed), self.objective, gamma,
-                                  self.estimator.delta, self.estimator.delta_z, self.estimator.num_directions,
-                                  self.generator, upper_scale=self.upper.width,
+                                  self.estimator.delta, self.estimator.num_directions, self.generator,
+                                  self._penalised_gradient(params_z), upper_scale=self.upper.width,
                                   upper_project=self.schedule.project_)
         where = f"outer step {self.outer_step + 1} (theta_y step {self.solver.step_count})"
         for quantity, tensors in (("schedule hyper-gradient", [grads.upper]), ("theta_z gradient", grads.penalised)):
             if not all(bool(torch.isfinite(t).all()) for t in tensors):
                 nonfinite(self.estimator.on_nonfinite, quantity, where, "upper_estimator.on_nonfinite")
-                return {"objective_fid": grads.objective, "gamma": gamma, "nonfinite_skipped": 1}
+                return {"objective_fid": grads.objective * self._scale(), "gamma": gamma, "nonfinite_skipped": 1}
         for p, g in zip(params_z, grads.penalised):
             p.grad = g
         if self.solver.grad_clip:
@@ -229,8 +273,9 @@ class PenaltyLoop:
         self.upper.step(grads.upper)
         if not bool(torch.isfinite(self.schedule.raw).all()):
             raise NumericalFault(f"non-finite schedule parameters at {where}; the last good checkpoint is kept")
-        return {"objective_fid": grads.objective, "loss_z": grads.lower_penalised, "gamma": gamma,
-                "zo_skipped": grads.skipped_directions, "objective_nfe": self.objective_nfe, **grads.norms, **snr}
+        return {"objective_fid": grads.objective * self._scale(), "objective_ref": self.objective_ref or math.nan,
+                "loss_z": grads.lower_penalised, "gamma": gamma, "zo_skipped": grads.skipped_directions,
+                "objective_nfe": self.objective_nfe, **grads.norms, **snr}
 
     def _q_gradient_snr(self, grads: PenaltyGradients, gamma: float, seed: int) -> dict[str, float]:
         """Signal-to-noise of the q-gradient at this point (``docs/method.md``): ``snr_repeats`` more zeroth-order
@@ -257,7 +302,8 @@ class PenaltyLoop:
                 "optimizer_z": self.optimizer_z.state_dict(), "lr_scheduler_z": self.lr_scheduler_z.state_dict(),
                 "schedule": self.schedule.state_dict(), "upper": self.upper.state_dict(),
                 "generator": self.generator.get_state(), "outer_step": self.outer_step,
-                "objective_nfe": self.objective_nfe}
+                "objective_nfe": self.objective_nfe, "backprop_nfe": self.backprop_nfe,
+                "objective_ref": self.objective_ref}
 
     def load_state_dict(self, state: dict) -> None:
         self.solver.load_state_dict(state["solver"])
@@ -268,6 +314,7 @@ class PenaltyLoop:
         self.upper.load_state_dict(state["upper"])
         self.generator.set_state(state["generator"])
         self.outer_step, self.objective_nfe = state["outer_step"], state["objective_nfe"]
+        self.backprop_nfe, self.objective_ref = state["backprop_nfe"], state["objective_ref"]
 
     def fit(self) -> None:
         """All outer steps, one ``metrics.jsonl`` line each (``step`` = theta_y steps done); a checkpoint whenever
