@@ -43,7 +43,10 @@ def main() -> None:
         if unknown:
             sys.exit(f"error: --only {sorted(unknown)} not in the plan {[c.name for c in plan.comparisons]}")
         plan.comparisons = [c for c in plan.comparisons if c.name in args.only]
-    plan.seeds = args.seeds or plan.seeds
+    if args.seeds:  # replaces every comparison's seeds
+        plan.seeds = args.seeds
+        for comparison in plan.comparisons:
+            comparison.seeds = None
     runs = (args.runs or ROOT / "outputs" / "reproduce" / args.mode).resolve()
     results = (args.results or ROOT / "results" / ("smoke" if args.mode == "smoke" else "")).resolve()
     print(describe(plan, runs), flush=True)
@@ -52,7 +55,7 @@ def main() -> None:
     start = time.monotonic()
     for comparison in plan.comparisons:
         print(f"== {comparison.name} ==", flush=True)
-        run_comparison(comparison, plan.seeds, runs, args.overrides)
+        run_comparison(comparison, plan.seeds_of(comparison), runs, args.overrides)
     print(f"all jobs finished in {(time.monotonic() - start) / 60:.1f} min", flush=True)
     aggregate(runs, results)
 

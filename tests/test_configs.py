@@ -60,6 +60,18 @@ def test_a_preset_that_matches_no_experiment_or_task_is_an_error(tmp_path) -> No
     (tmp_path / "configs" / "task_preset" / "smok" / "finetune_mnist.yaml").write_text("task: {}\n")
     with pytest.raises(ConfigError, match="experiment='smok'"):
         check_command_line(["--help"], tmp_path / "configs")
+    shutil.rmtree(tmp_path / "configs" / "task_preset" / "smok")
+    (tmp_path / "configs" / "estimator_preset" / "noise_schedule_gmm" / "zeroth_ordr.yaml").write_text("task: {}\n")
+    with pytest.raises(ConfigError, match="upper_estimator='zeroth_ordr'"):
+        check_command_line(["--help"], tmp_path / "configs")
+
+
+def test_an_estimator_preset_applies_to_its_task_and_estimator_only() -> None:
+    preset = compose("task=noise_schedule_gmm")
+    assert preset.upper_estimator.gamma == 100.0 and preset.upper_estimator.n_obj == 500
+    assert compose("task=noise_schedule_mnist").upper_estimator.gamma == 1.0
+    assert "n_obj" not in compose("task=noise_schedule_gmm", "upper_estimator=bayesian").upper_estimator
+    assert compose("task=noise_schedule_gmm", "upper_estimator.gamma=3").upper_estimator.gamma == 3.0
 
 
 def test_help_lists_every_task_estimator_solver_and_reward_and_no_internal_group() -> None:

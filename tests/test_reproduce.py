@@ -28,7 +28,7 @@ def _reproduce(*args: str) -> subprocess.CompletedProcess:
 @pytest.mark.parametrize("mode", MODES)
 def test_every_job_of_every_plan_composes(mode) -> None:
     plan = load_plan(mode)
-    assert plan.seeds and plan.num_jobs == len(plan.seeds) * sum(len(c.methods) for c in plan.comparisons)
+    assert plan.seeds and plan.num_jobs == sum(len(plan.seeds_of(c)) * len(c.methods) for c in plan.comparisons)
     for c in plan.comparisons:
         for method in c.methods:
             experiment = [f"experiment={c.experiment}"] if c.experiment else []
@@ -56,6 +56,16 @@ def test_equal_compute_gives_the_searches_the_bilevel_wall_clock(tmp_path) -> No
     assert not any("timeout_s" in arg for arg in first)
     assert "upper_estimator=random,bayesian" in searches and "++upper_estimator.timeout_s=30" in searches
     assert all("resume=true" in c and f"hydra.sweep.dir={tmp_path / 'b'}" in c for c in commands)
+
+
+def test_a_comparison_may_run_its_own_seeds_and_the_command_line_replaces_them() -> None:
+    plan = load_plan("quick")
+    testbed = next(c for c in plan.comparisons if c.name == "scenario_b_testbed")
+    others = [c for c in plan.comparisons if c is not testbed]
+    assert plan.seeds_of(testbed) == [0, 1, 2, 3, 4] and all(plan.seeds_of(c) == plan.seeds for c in others)
+    result = _reproduce("--mode", "quick", "--plan-only", "--seeds", "7")
+    assert result.returncode == 0 and "scenario_b_testbed: task=noise_schedule_gmm" in result.stdout
+    assert f"{sum(len(c.methods) for c in plan.comparisons)} jobs, seeds [7]" in result.stdout
 
 
 def test_method_overrides_go_to_their_method_only_and_must_name_a_method(tmp_path) -> None:

@@ -46,6 +46,7 @@ class Comparison:
     overrides: list[str] = field(default_factory=list)
     method_overrides: dict[str, list[str]] = field(default_factory=dict)  # per method, on top of ``overrides``
     minutes_per_job: float = 1.0  # planning estimate for the printed plan
+    seeds: list[int] | None = None  # this comparison's seeds (None: the plan's)
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.method_overrides) - set(self.methods))
@@ -65,13 +66,17 @@ class Plan:
     comparisons: list[Comparison]
     estimate_note: str = ""
 
+    def seeds_of(self, comparison: Comparison) -> list[int]:
+        """The comparison's own seeds where it lists them, else the plan's."""
+        return list(comparison.seeds) if comparison.seeds else self.seeds
+
     @property
     def num_jobs(self) -> int:
-        return len(self.seeds) * sum(len(c.methods) for c in self.comparisons)
+        return sum(len(self.seeds_of(c)) * len(c.methods) for c in self.comparisons)
 
     @property
     def estimate_minutes(self) -> float:
-        return len(self.seeds) * sum(len(c.methods) * c.minutes_per_job for c in self.comparisons)
+        return sum(len(self.seeds_of(c)) * len(c.methods) * c.minutes_per_job for c in self.comparisons)
 
 
 def load_plan(mode: str, plan_dir: Path = ROOT / "configs") -> Plan:
@@ -95,7 +100,7 @@ def describe(plan: Plan, runs_dir: Path) -> str:
         budget = (f"; search budget = {c.budget_factor:g} x the bilevel wall clock" if c.budget_factor else "")
         experiment = f" experiment={c.experiment}" if c.experiment else ""
         lines.append(f"  {c.name}: task={c.task}{experiment} bilevel={c.bilevel} "
-                     f"baselines={','.join(c.baselines)} ({len(c.methods) * len(plan.seeds)} jobs, "
+                     f"baselines={','.join(c.baselines)} ({len(c.methods) * len(plan.seeds_of(c))} jobs, "
                      f"~{c.minutes_per_job:g} min each{budget})")
     lines.append(f"estimate: ~{plan.estimate_minutes:.0f} min ({plan.estimate_minutes / 60:.1f} h). "
                  f"{plan.estimate_note}".rstrip())

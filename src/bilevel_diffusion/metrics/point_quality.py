@@ -36,7 +36,9 @@ class RandomFourierFeatures(nn.Module):
 
 
 class ModeLogits(nn.Module):
-    """``[B, dim] -> [B, k]``: log-likelihoods of each (equal-weight) mode, whose softmax is the mode posterior."""
+    """``[B, dim] -> [B, k]``: log mode posteriors of the equal-weight mixture, mixed with 1e-6 of the uniform
+    distribution so that a set of samples that misses a mode gets a finite IS (torchmetrics takes the log of the
+    mean posterior)."""
 
     def __init__(self, centres: torch.Tensor, std: float) -> None:
         super().__init__()
@@ -45,7 +47,8 @@ class ModeLogits(nn.Module):
         self.std = float(std)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return -torch.cdist(x.float(), self.centres).pow(2) / (2 * self.std ** 2)
+        posterior = torch.softmax(-torch.cdist(x.float(), self.centres).pow(2) / (2 * self.std ** 2), dim=1)
+        return torch.log((1 - 1e-6) * posterior + 1e-6 / self.num_features)
 
 
 class PointQuality(ImageQuality):

@@ -39,7 +39,7 @@ def write_results(run_root: Path, out_dir: Path,
         if TABLE_OF_TASK.get(task) == "table1":
             bilevel = next((m for m in SCENARIO_A_BILEVEL if m in runs), "")
             figures += scenario_a.write_figures(runs, out_dir / task, bilevel).values()
-        elif task == "noise_schedule_mnist":
+        elif task in ("noise_schedule_mnist", "noise_schedule_gmm"):
             written = write_comparison(runs, out_dir / task)
             figures += [path for name, path in written.items() if name != "table"]
     return tables, figures

@@ -31,7 +31,8 @@ PAPER_NOTE = ("Mean ± std over seeds. `paper`: the paper's reported number from
 #: which table a task's runs go to
 TABLE_OF_TASK = {"finetune_gaussian": "table1", "finetune_mnist": "table1", "finetune_aesthetic": "table1",
                  "finetune_synthetic": "table1", "finetune_hps": "table1",
-                 "train_mnist": "table2", "noise_schedule_mnist": "table2"}
+                 "train_mnist": "table2", "noise_schedule_mnist": "table2", "train_gmm": "table2",
+                 "noise_schedule_gmm": "table2"}
 
 
 @dataclass

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -37,11 +37,13 @@ class GradientEstimate:
     mean_value: float
     evaluations: int
     skipped_directions: int
+    #: with ``per_direction=True``: each finite direction's own one-direction estimate (their mean is ``grads``)
+    directions: list[list[torch.Tensor]] = field(default_factory=list)
 
 
 def two_point_gradient(params: Sequence[torch.Tensor], objective: Objective, delta: float, num_directions: int,
                        generator: torch.Generator, scale: Sequence[torch.Tensor | float] | None = None,
-                       project: Callable[[], None] | None = None) -> GradientEstimate:
+                       project: Callable[[], None] | None = None, per_direction: bool = False) -> GradientEstimate:
     """Two-point Gaussian-smoothing gradient of ``objective`` at ``params`` (paper Alg. 6, ``docs/method.md``)::
 
         g = 1/m sum_k (f(w + delta S v_k) - f(w - delta S v_k)) / (2 delta) * S^-1 v_k,    v_k ~ N(0, I)
@@ -57,6 +59,9 @@ def two_point_gradient(params: Sequence[torch.Tensor], objective: Objective, del
     ``S^-1 v``. Inside the box (farther than ``delta S |v|`` from an edge) nothing changes; at an edge the component
     pointing out of the box is the one-sided difference (about half the two-sided one, same sign), so the objective
     is never evaluated where it is not defined (``docs/method.md``).
+
+    ``per_direction``: also return every direction's one-direction estimate (for the signal-to-noise of the
+    average, at no extra evaluation).
     """
     if delta <= 0 or num_directions < 1:
         raise ConfigError(f"zeroth-order smoothing needs delta > 0 and at least one direction "
@@ -65,6 +70,7 @@ def two_point_gradient(params: Sequence[torch.Tensor], objective: Objective, del
     saved = [p.detach().clone() for p in params]
     grads = [torch.zeros_like(w) for w in saved]
     values: list[float] = []
+    kept: list[list[torch.Tensor]] = []
     skipped = 0
     try:
         with torch.no_grad():
@@ -85,12 +91,14 @@ def two_point_gradient(params: Sequence[torch.Tensor], objective: Objective, del
                 coefficient = (pair[0] - pair[1]) / (2.0 * delta * num_directions)
                 for g, v, s in zip(grads, directions, scales):
                     g.add_(coefficient * v / s)
+                if per_direction:
+                    kept.append([num_directions * coefficient * v / s for v, s in zip(directions, scales)])
     finally:
         with torch.no_grad():
             for p, w in zip(params, saved):
                 p.copy_(w)
     finite = [v for v in values if math.isfinite(v)]
-    return GradientEstimate(grads, sum(finite) / len(finite) if finite else math.nan, len(values), skipped)
+    return GradientEstimate(grads, sum(finite) / len(finite) if finite else math.nan, len(values), skipped, kept)
 
 
 def backprop_gradient(params: Sequence[torch.Tensor], objective: Callable[[], torch.Tensor]) -> GradientEstimate:
@@ -122,6 +130,7 @@ class PenaltyGradients:
     norms: dict[str, float]
     skipped_directions: int
     upper_zo: torch.Tensor  # the zeroth-order part of ``upper`` before the division by gamma
+    upper_zo_directions: list[torch.Tensor]  # its one-direction estimates (mean = ``upper_zo``)
 
 
 def penalty_gradients(upper: torch.Tensor, penalised: Sequence[torch.Tensor],
@@ -148,7 +157,7 @@ def penalty_gradients(upper: torch.Tensor, penalised: Sequence[torch.Tensor],
     penalised = list(penalised)
     zo_z = penalised_gradient()
     zo_q = two_point_gradient([upper], objective, delta_upper, num_directions, generator, scale=[upper_scale],
-                              project=upper_project)
+                              project=upper_project, per_direction=True)
     loss_z = lower_penalised()
     grad_q_z, *grad_z = torch.autograd.grad(loss_z, [upper, *penalised])
     loss_y = lower_plain()
@@ -165,4 +174,5 @@ def penalty_gradients(upper: torch.Tensor, penalised: Sequence[torch.Tensor],
         norms["term_ratio_q"] = _norm(zo_q.grads) / gamma / penalty_q
     return PenaltyGradients(upper_grad, penalised_grads, mean, distributed.sum_scalar(loss_z.detach()),
                             distributed.sum_scalar(loss_y.detach()), norms,
-                            zo_z.skipped_directions + zo_q.skipped_directions, zo_q.grads[0])
+                            zo_z.skipped_directions + zo_q.skipped_directions, zo_q.grads[0],
+                            [d[0] for d in zo_q.directions])

@@ -269,7 +269,7 @@ class PenaltyLoop:
         self.optimizer_z.step()
         self.optimizer_z.zero_grad(set_to_none=True)
         self.lr_scheduler_z.step()
-        snr = self._q_gradient_snr(grads, gamma, noise_seed) if self.estimator.snr_repeats else {}
+        snr = self._q_gradient_snr(grads, gamma, noise_seed)
         self.upper.step(grads.upper)
         if not bool(torch.isfinite(self.schedule.raw).all()):
             raise NumericalFault(f"non-finite schedule parameters at {where}; the last good checkpoint is kept")
@@ -278,19 +278,30 @@ class PenaltyLoop:
                 "objective_nfe": self.objective_nfe, **grads.norms, **snr}
 
     def _q_gradient_snr(self, grads: PenaltyGradients, gamma: float, seed: int) -> dict[str, float]:
-        """Signal-to-noise of the q-gradient at this point (``docs/method.md``): ``snr_repeats`` more zeroth-order
-        estimates of F's q-part with their own directions (drawn from ``seed``, so the run's random stream is
-        untouched), each added to the same exact penalty part; per coordinate |mean| / std over all estimates, the
-        median over coordinates logged as ``q_grad_snr``. Costs ``snr_repeats`` more estimates (``objective_nfe``)."""
-        estimator, generator = self.estimator, torch.Generator().manual_seed(seed)
-        penalty_part = grads.upper - grads.upper_zo / gamma
-        estimates = [grads.upper]
-        for _ in range(estimator.snr_repeats):
-            zo = two_point_gradient([self.schedule.raw], self.objective, estimator.delta, estimator.num_directions,
-                                    generator, scale=[self.upper.width], project=self.schedule.project_)
-            estimates.append(zo.grads[0] / gamma + penalty_part)
-        stack = torch.stack(estimates)
-        return {"q_grad_snr": float((stack.mean(0).abs() / stack.std(0).clamp_min(1e-30)).median())}
+        """Signal-to-noise of the q-gradient of this step (``docs/method.md``): per coordinate |mean| / standard
+        error of the estimate, the median over coordinates logged as ``q_grad_snr``. The penalty part is exact for
+        the step's batch; the noise is the zeroth-order part's. With ``num_directions`` m >= 2 it is free: the m
+        one-direction estimates of this step, standard error std / sqrt(m). ``snr_repeats`` k > 0 instead draws k
+        more m-direction estimates at the same point (own directions from ``seed``, the run's random stream
+        untouched; costs k estimates, counted in ``objective_nfe``); standard error = their std. Nothing with
+        m = 1 and k = 0."""
+        estimator, penalty_part = self.estimator, grads.upper - grads.upper_zo / gamma
+        if estimator.snr_repeats:
+            generator = torch.Generator().manual_seed(seed)
+            estimates = [grads.upper]
+            for _ in range(estimator.snr_repeats):
+                zo = two_point_gradient([self.schedule.raw], self.objective, estimator.delta,
+                                        estimator.num_directions, generator, scale=[self.upper.width],
+                                        project=self.schedule.project_)
+                estimates.append(zo.grads[0] / gamma + penalty_part)
+            stack = torch.stack(estimates)
+            error = stack.std(0)
+        elif len(grads.upper_zo_directions) >= 2:
+            stack = torch.stack([d / gamma + penalty_part for d in grads.upper_zo_directions])
+            error = stack.std(0) / len(grads.upper_zo_directions) ** 0.5
+        else:
+            return {}
+        return {"q_grad_snr": float((stack.mean(0).abs() / error.clamp_min(1e-30)).median())}
 
     def theta_distance(self) -> float:
         """||theta_z - theta_y||_2: zero would mean the penalised copy never moved apart (the official bug)."""
