@@ -213,3 +213,8 @@ def test_the_q_gradient_snr_probe_logs_without_changing_the_run(tmp_path) -> Non
     strip = lambda rows: [{k: v for k, v in r.items() if k not in ("q_grad_snr", "objective_nfe")} for r in rows]  # noqa: E731
     assert strip(plain) == strip(probed), "the probe must not move the run"
     assert probed_loop.objective_nfe > plain_loop.objective_nfe, "and its cost is counted"
+    # with two or more directions the step's own directions give it, at no extra evaluation
+    free, free_loop = run("upper_estimator.num_directions=2")
+    assert all(row["q_grad_snr"] >= 0 for row in free if "objective_fid" in row)
+    per_step = 4 * 2  # 4 samples x 2 DDIM steps
+    assert free_loop.objective_nfe == plain_loop.objective_nfe + 2 * 2 * per_step  # 2 bilevel steps, 1 more direction
