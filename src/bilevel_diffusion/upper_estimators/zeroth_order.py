@@ -14,7 +14,8 @@ and -delta evaluations). It is logged as ``objective_fid`` and never reported as
 as ``objective_ref``), so that gamma and the step sizes mean the same whatever the FID's units.
 
 theta_z's F-gradient (``theta_z_gradient``): ``backprop`` (default) differentiates the in-loop FID through the
-DDIM chain and the feature network (first order, no noise from random directions); ``zeroth_order`` is the
+DDIM chain and the feature network (first order, no noise from random directions; steps with alpha-bar below
+``detach_x0_below`` pass no gradient through their x0 estimate, 0 disables the cut); ``zeroth_order`` is the
 official two-point estimate over all weights with one direction, whose cosine with the true gradient is ~1/sqrt(d)
 (``docs/method.md`` has the measurements).
 """
@@ -35,6 +36,7 @@ from bilevel_diffusion.checkpoint import load_checkpoint, save_checkpoint
 from bilevel_diffusion.errors import ConfigError, NumericalFault, check_policy, nonfinite
 from bilevel_diffusion.problems.schedule import ScheduleProblem
 from bilevel_diffusion.runtime import RunContext
+from bilevel_diffusion.sampling.ddim import DETACH_X0_BELOW
 from bilevel_diffusion.schedules.family import NoiseSchedule
 from bilevel_diffusion.upper_estimators.base import UpperEstimator
 from bilevel_diffusion.upper_estimators.penalty import (GradientEstimate, PenaltyGradients, backprop_gradient,
@@ -58,7 +60,8 @@ class ZerothOrderEstimator(UpperEstimator):
                  gamma: float = 1.0, gamma_end: float | None = None, num_directions: int = 1, delta: float = 0.01,
                  delta_z: float = 0.01, n_obj: int = 36, obj_inference_steps: int = 10, obj_batch_size: int = 500,
                  schedule_lr: float = 0.02, lr_z: float = 1.0e-3, on_nonfinite: str = "stop",
-                 snr_repeats: int = 0, theta_z_gradient: str = "backprop", objective_scale: str = "initial") -> None:
+                 snr_repeats: int = 0, theta_z_gradient: str = "backprop", objective_scale: str = "initial",
+                 detach_x0_below: float = DETACH_X0_BELOW) -> None:
         gamma_end = gamma if gamma_end is None else gamma_end
         checks = [(inner_steps >= 1, f"inner_steps must be >= 1 (got {inner_steps})"),
                   (0 <= warmup_fraction < 1, f"warmup_fraction must be in [0, 1) (got {warmup_fraction})"),
@@ -73,7 +76,8 @@ class ZerothOrderEstimator(UpperEstimator):
                   (theta_z_gradient in ("backprop", "zeroth_order"),
                    f"theta_z_gradient must be backprop or zeroth_order (got {theta_z_gradient!r})"),
                   (objective_scale in ("initial", "none"),
-                   f"objective_scale must be initial or none (got {objective_scale!r})")]
+                   f"objective_scale must be initial or none (got {objective_scale!r})"),
+                  (0 <= detach_x0_below < 1, f"detach_x0_below must be in [0, 1) (got {detach_x0_below})")]
         for ok, message in checks:
             if not ok:
                 raise ConfigError(f"upper_estimator.{message}")
@@ -86,6 +90,7 @@ class ZerothOrderEstimator(UpperEstimator):
         self.on_nonfinite = check_policy(on_nonfinite, "upper_estimator.on_nonfinite")
         self.snr_repeats = int(snr_repeats)
         self.theta_z_gradient, self.objective_scale = theta_z_gradient, objective_scale
+        self.detach_x0_below = float(detach_x0_below)
 
     def solve(self, problem: ScheduleProblem, ctx: RunContext) -> dict[str, Any]:
         """Alg. 6 on ``problem``; the reported model is theta_y's EMA (the network trained under the learned
@@ -209,7 +214,7 @@ class PenaltyLoop:
         """:meth:`objective` as a torch scalar with a graph to theta_z's weights (``theta_z_gradient=backprop``)."""
         estimator = self.estimator
         fid, nfe = self.problem.in_loop_fid_differentiable(self.theta_z, self.schedule, estimator.n_obj, seed,
-                                                           estimator.obj_inference_steps)
+                                                           estimator.obj_inference_steps, estimator.detach_x0_below)
         self.objective_nfe += nfe
         self.backprop_nfe += nfe
         return fid / self._scale()
