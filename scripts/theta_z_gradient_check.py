@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 
 import torch
+from torch.nn.utils import vector_to_parameters
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
@@ -38,14 +39,6 @@ from bilevel_diffusion.runtime import RunContext  # noqa: E402
 from bilevel_diffusion.sampling.ddim import DETACH_X0_BELOW  # noqa: E402
 from bilevel_diffusion.tracking.recorder import Recorder  # noqa: E402
 from bilevel_diffusion.upper_estimators.penalty import backprop_gradient, two_point_gradient  # noqa: E402
-
-
-def _assign(params: list[torch.Tensor], flat: torch.Tensor) -> None:
-    with torch.no_grad():
-        offset = 0
-        for p in params:
-            p.copy_(flat[offset:offset + p.numel()].view_as(p))
-            offset += p.numel()
 
 
 def _cosine(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
@@ -101,9 +94,9 @@ def main() -> None:
             v /= v.norm()
             pair = []
             for sign in (1.0, -1.0):
-                _assign(params, flat + sign * step * v)
+                vector_to_parameters(flat + sign * step * v, params)
                 pair.append(fid(args.ref_samples, 30_000))
-            _assign(params, flat)
+            vector_to_parameters(flat.clone(), params)
             directions.append(v)
             derivatives.append((pair[0] - pair[1]) / (2 * step))
         directions_t, derivatives_t = torch.stack(directions).double(), torch.tensor(derivatives, dtype=torch.float64)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch.nn.utils import vector_to_parameters
 from hydra.utils import instantiate
 
 from bilevel_diffusion.data.gaussian_grid import load_gaussian_grid
@@ -127,9 +128,9 @@ def test_backprop_theta_z_gradient_points_along_the_true_gradient_and_the_offici
         v /= v.norm()
         pair = []
         for sign in (1.0, -1.0):
-            _assign(params, flat + sign * step * v)
+            vector_to_parameters(flat + sign * step * v, params)
             pair.append(problem.in_loop_fid(model, schedule, 4000, 777, steps, 4000)[0])
-        _assign(params, flat)
+        vector_to_parameters(flat.clone(), params)
         directions.append(v)
         derivatives.append((pair[0] - pair[1]) / (2 * step))
     projections = torch.stack(directions).double() @ backprop(500, 1)
@@ -141,14 +142,6 @@ def test_backprop_theta_z_gradient_points_along_the_true_gradient_and_the_offici
                                   0.01, 1, torch.Generator().manual_seed(0)).grads
     official_flat = torch.cat([g.flatten() for g in official]).double()
     assert abs(float(official_flat @ reference / (official_flat.norm() * reference.norm()))) < 0.05
-
-
-def _assign(params: list[torch.Tensor], flat: torch.Tensor) -> None:
-    with torch.no_grad():
-        offset = 0
-        for p in params:
-            p.copy_(flat[offset:offset + p.numel()].view_as(p))
-            offset += p.numel()
 
 
 def test_the_testbed_runs_alg6_through_run_py_and_logs_its_diagnostics(tmp_path) -> None:
