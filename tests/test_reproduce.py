@@ -149,6 +149,24 @@ def test_smoke_scenario_b_bilevel_run_reports_its_schedule_and_both_networks(smo
                         for r in rows)
 
 
+def test_smoke_testbed_bilevel_run_logs_its_diagnostics(smoke) -> None:
+    """The testbed's Alg. 6 run (docs/testbed.md): first-order theta_z step (its backward passes in the cost), F
+    scaled by F_0, and every bilevel step logs the ratio of the q-gradient's parts and its SNR (free with the preset's
+    4 directions)."""
+    run_dir = smoke / "runs" / "scenario_b_testbed" / "zeroth_order" / "seed_0"
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["fid_features"].startswith("random Fourier features") and summary["eval_num_samples"] == 100
+    assert summary["objective_ref"] > 0 and summary["sampler_cost"] > summary["sampler_nfe"]
+    bilevel = [row for row in read_jsonl(run_dir / "metrics.jsonl") if "gamma" in row]
+    assert len(bilevel) == 2 and all(row["objective_ref"] == summary["objective_ref"] for row in bilevel)
+    assert all(row["q_grad_snr"] >= 0 for row in bilevel)
+    # theta_z = theta_y at the first bilevel step (no penalty term yet), apart afterwards
+    assert "term_ratio_q" not in bilevel[0] and bilevel[1]["term_ratio_q"] > 0
+    fingerprint = json.loads((run_dir / "fingerprint.json").read_text())["config"]
+    assert fingerprint["upper_estimator.theta_z_gradient"] == "backprop"
+    assert fingerprint["upper_estimator.gamma"] == 100.0 and (run_dir / "samples.png").is_file()
+
+
 def test_smoke_searches_of_scenario_b_had_the_bilevel_budget(smoke) -> None:
     runs = smoke / "runs" / "scenario_b"
     wall = json.loads((runs / "zeroth_order" / "seed_0" / "summary.json").read_text())["wall_clock_s"]

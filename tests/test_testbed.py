@@ -1,9 +1,9 @@
 """The Scenario B testbed (docs/testbed.md) and the first-order theta_z gradient of Alg. 6 (docs/method.md): data,
-point metrics, the differentiable DDIM chain and FID, and how well the theta_z estimators point."""
+point metrics, the differentiable DDIM chain and FID, and how well the theta_z estimators point. (The testbed's
+runs through run.py: tests/test_reproduce.py's smoke plan and tests/test_task_estimator_pairs.py.)"""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -20,7 +20,7 @@ from bilevel_diffusion.sampling.ddim import ddim_differentiable, ddim_sample, ma
 from bilevel_diffusion.schedules.family import CosineSchedule, LinearSchedule
 from bilevel_diffusion.tracking.recorder import Recorder
 from bilevel_diffusion.upper_estimators.penalty import backprop_gradient, two_point_gradient
-from conftest import assert_run_contract, compose, read_jsonl, run_cli
+from conftest import compose
 
 COSINE = {"start": 0.0, "end": 1.0, "tau": 1.0, "eps": 0.008}
 
@@ -142,21 +142,3 @@ def test_backprop_theta_z_gradient_points_along_the_true_gradient_and_the_offici
                                   0.01, 1, torch.Generator().manual_seed(0)).grads
     official_flat = torch.cat([g.flatten() for g in official]).double()
     assert abs(float(official_flat @ reference / (official_flat.norm() * reference.norm()))) < 0.05
-
-
-def test_the_testbed_runs_alg6_through_run_py_and_logs_its_diagnostics(tmp_path) -> None:
-    result = run_cli("task=noise_schedule_gmm", "lower_solver.num_steps=200", "upper_estimator.n_obj=64",
-                     "upper_estimator.num_directions=1", "upper_estimator.snr_repeats=1",
-                     f"hydra.run.dir={tmp_path}")
-    assert result.returncode == 0, result.stderr[-3000:]
-    summary = assert_run_contract(tmp_path, "noise_schedule_gmm", "zeroth_order")
-    assert summary["fid_features"].startswith("random Fourier features") and summary["eval_num_samples"] == 2000
-    assert summary["objective_ref"] > 0 and summary["sampler_cost"] > summary["sampler_nfe"]  # backward passes
-    bilevel = [row for row in read_jsonl(tmp_path / "metrics.jsonl") if "gamma" in row]
-    assert len(bilevel) == 10  # 20 outer steps, the second half moving the schedule
-    assert all(row["objective_ref"] == summary["objective_ref"] and row["q_grad_snr"] >= 0 for row in bilevel)
-    # theta_z = theta_y at the first bilevel step (no penalty term yet), apart afterwards
-    assert "term_ratio_q" not in bilevel[0] and all(row["term_ratio_q"] > 0 for row in bilevel[1:])
-    assert (tmp_path / "samples.png").is_file() and (tmp_path / "schedule.png").is_file()
-    config = json.loads((tmp_path / "fingerprint.json").read_text())
-    assert config["config"]["upper_estimator.theta_z_gradient"] == "backprop"
