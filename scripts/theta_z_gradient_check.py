@@ -13,9 +13,10 @@ yardsticks, both on noise disjoint from the candidates':
   differences along random unit directions v_k (step --fd-step x |theta|, --ref-samples samples, common noise):
   sum_k (g.v_k) D_k / sqrt(sum_k (g.v_k)^2 sum_k D_k^2), which estimates cos(g, grad F) (noise ~1/sqrt(K)).
 
-Candidates: ``backprop`` at the estimator's n_obj and at 36 (the official in-loop sample count), and at n_obj
-without the cut of the first step's x0 graph (``ddim_differentiable``); ``zeroth_order`` over all weights with the
-estimator's delta_z and 1 (official) or 64 directions.
+Candidates: ``backprop`` with the x0 cut below ``DETACH_X0_BELOW`` (whatever the estimator's setting) at the
+estimator's n_obj and at 36 (the official in-loop sample count), and at n_obj without the cut of the first step's
+x0 graph (``ddim_differentiable``); ``zeroth_order`` over all weights with the estimator's delta_z and 1 (official)
+or 64 directions.
 """
 
 from __future__ import annotations
@@ -138,8 +139,8 @@ def main() -> None:
               "reference_self_cosine": _cosine(*halves), "reference_cos_fd": cos_fd(reference),
               "fd_directions": args.fd_directions, "fd_step": args.fd_step, "candidates": rows,
               "wall_clock_s": time.perf_counter() - started}
-    print(f"two independent {args.ref_samples}-sample backprop gradients: cosine {result['reference_self_cosine']:+.3f}; "
-          f"the reference's cos_fd {result['reference_cos_fd']:+.3f}")
+    print(f"two independent {args.ref_samples}-sample backprop gradients: cosine "
+          f"{result['reference_self_cosine']:+.3f}; the reference's cos_fd {result['reference_cos_fd']:+.3f}")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=1))
     print(f"written: {args.out}")

@@ -57,7 +57,8 @@ def report_samples(model: nn.Module, betas: torch.Tensor, quality: ImageQuality,
     ``evaluation["seed"]``, score them and save a grid (images) or scatter plot (points) of the first
     ``evaluation["grid_size"]``."""
     scheduler = make_ddim_scheduler(betas, clip_sample=clip_sample, timestep_spacing=timestep_spacing)
-    images, nfe = ddim_sample(model, scheduler, fixed_noise(int(evaluation["num_samples"]), int(evaluation["seed"]), sample_shape),
+    noise = fixed_noise(int(evaluation["num_samples"]), int(evaluation["seed"]), sample_shape)
+    images, nfe = ddim_sample(model, scheduler, noise,
                               int(evaluation["num_inference_steps"]), int(evaluation["batch_size"]), ctx.device,
                               progress=True)
     save_samples(ctx.recorder, grid_name, images[:int(evaluation["grid_size"])])

@@ -61,7 +61,8 @@ class PointQuality(ImageQuality):
                               f"(got {num_features}, {bandwidth})")
         self.features, self.device, self.batch_size = "random_fourier", torch.device(device), int(batch_size)
         dim = data.test_x.shape[1]
-        self._use_networks(RandomFourierFeatures(dim, num_features, bandwidth, seed), ModeLogits(data.centres, data.std),
+        self._use_networks(RandomFourierFeatures(dim, num_features, bandwidth, seed),
+                           ModeLogits(data.centres, data.std),
                            f"random Fourier features ({num_features}-d, bandwidth {bandwidth:g}, seed {seed})")
         self._set_real(data.test_x)
 

@@ -26,6 +26,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
+from diffusers import DDIMScheduler
 from torch import nn
 
 from bilevel_diffusion import distributed
@@ -116,20 +117,22 @@ class ScheduleProblem:
         """The same in-loop FID as :meth:`in_loop_fid` (same noise, sampler and features) as a torch scalar with
         a graph to ``model``'s weights (:func:`~bilevel_diffusion.sampling.ddim.ddim_differentiable`, then the
         differentiable FID; ``docs/method.md``, the first-order theta_z gradient); and the network evaluations."""
-        scheduler = make_ddim_scheduler(schedule.betas().detach(), clip_sample=self.clip_sample,
-                                        timestep_spacing=self.timestep_spacing)
         noise = fixed_noise(num_samples, seed, self.data.sample_shape).to(self.ctx.device)
         model.eval()
-        samples = ddim_differentiable(model, scheduler, noise, num_inference_steps, detach_x0_below).clamp(-1, 1)
+        samples = ddim_differentiable(model, self._scheduler(schedule), noise, num_inference_steps,
+                                      detach_x0_below).clamp(-1, 1)
         return self.quality.differentiable_fid(samples), num_samples * num_inference_steps
 
     def _sample(self, model: nn.Module, schedule: NoiseSchedule, num_samples: int, seed: int,
                 num_inference_steps: int, batch_size: int) -> tuple[torch.Tensor, int]:
         """DDIM samples of ``model`` under ``schedule`` from the noise of ``seed``, and their network evaluations."""
-        scheduler = make_ddim_scheduler(schedule.betas().detach(), clip_sample=self.clip_sample,
-                                        timestep_spacing=self.timestep_spacing)
-        return ddim_sample(model, scheduler, fixed_noise(num_samples, seed, self.data.sample_shape),
+        return ddim_sample(model, self._scheduler(schedule), fixed_noise(num_samples, seed, self.data.sample_shape),
                            num_inference_steps, batch_size, self.ctx.device)
+
+    def _scheduler(self, schedule: NoiseSchedule) -> DDIMScheduler:
+        """The DDIM scheduler of ``schedule`` with the problem's sampler settings."""
+        return make_ddim_scheduler(schedule.betas().detach(), clip_sample=self.clip_sample,
+                                   timestep_spacing=self.timestep_spacing)
 
     def report(self, model: nn.Module, schedule: NoiseSchedule, step: int | None,
                grid_name: str = "samples") -> dict[str, Any]:

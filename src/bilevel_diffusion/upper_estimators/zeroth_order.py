@@ -103,7 +103,8 @@ class ZerothOrderEstimator(UpperEstimator):
         # a backward pass through the sampler costs about two forward passes
         return {**result, "report_nfe": report_nfe, "sampler_nfe": report_nfe + loop.objective_nfe,
                 "sampler_cost": report_nfe + loop.objective_nfe + 2 * loop.backprop_nfe,
-                "objective_nfe": loop.objective_nfe, "objective_ref": loop.objective_ref, "trainings_used": 1, "train_steps": loop.solver.num_steps,
+                "objective_nfe": loop.objective_nfe, "objective_ref": loop.objective_ref, "trainings_used": 1,
+                "train_steps": loop.solver.num_steps,
                 "train_steps_z": loop.bilevel_outer, "theta_z_minus_theta_y": loop.theta_distance()}
 
     def outer_steps(self, lower_steps: int) -> tuple[int, int]:
