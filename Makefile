@@ -4,6 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 MODE   ?= quick
+JOBS   ?= 2
 
 .PHONY: help install test test-all demo demo-train smoke bench reproduce aggregate pretrain clean-outputs
 
@@ -37,8 +38,8 @@ smoke: $(STAMP)  ## the CI-sized run of task=train_mnist
 bench: $(STAMP)  ## speed targets (sampling, training, estimator cost; bilevel vs search from reproduce runs) -> results/bench/
 	$(PY) scripts/bench.py --out results/bench --runs outputs/reproduce/quick
 
-reproduce: $(STAMP)  ## the paper's tables and figures: MODE=smoke|quick|full (plans: configs/reproduce_MODE.yaml)
-	$(PY) scripts/reproduce.py --mode $(MODE)
+reproduce: $(STAMP)  ## the paper's tables and figures: MODE=smoke|quick|full JOBS=2 (plans: configs/reproduce_MODE.yaml)
+	$(PY) scripts/reproduce.py --mode $(MODE) --jobs $(JOBS)
 
 aggregate: $(STAMP)  ## rebuild the tables and figures from existing runs: RUNS=outputs/reproduce/quick OUT=results
 	$(PY) scripts/aggregate.py $(or $(RUNS),outputs/reproduce/$(MODE)) --out $(or $(OUT),results$(if $(filter smoke,$(MODE)),/smoke))

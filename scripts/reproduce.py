@@ -19,7 +19,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 from aggregate import aggregate  # noqa: E402
 
 from bilevel_diffusion.errors import ConfigError  # noqa: E402
-from bilevel_diffusion.reproduce import describe, load_plan, run_comparison  # noqa: E402
+from bilevel_diffusion.reproduce import describe, load_plan, run_plan  # noqa: E402
 
 
 def main() -> None:
@@ -31,6 +31,8 @@ def main() -> None:
                         help="run only these comparisons of the plan (comma-separated)")
     parser.add_argument("--seeds", type=lambda text: [int(s) for s in text.split(",")], metavar="0,1",
                         help="replace the plan's seeds")
+    parser.add_argument("--jobs", type=int, default=1, metavar="N",
+                        help="run N multiruns at once, each on CPUs/N threads, output to RUNS/logs/ (default 1)")
     parser.add_argument("--plan-only", action="store_true", help="print the plan and the estimate, run nothing")
     parser.add_argument("overrides", nargs="*", help="key=value overrides for every job")
     args = parser.parse_args()
@@ -49,13 +51,13 @@ def main() -> None:
             comparison.seeds = None
     runs = (args.runs or ROOT / "outputs" / "reproduce" / args.mode).resolve()
     results = (args.results or ROOT / "results" / ("smoke" if args.mode == "smoke" else "")).resolve()
-    print(describe(plan, runs), flush=True)
+    if args.jobs < 1:
+        sys.exit(f"error: --jobs must be >= 1 (got {args.jobs})")
+    print(describe(plan, runs, args.jobs), flush=True)
     if args.plan_only:
         return
     start = time.monotonic()
-    for comparison in plan.comparisons:
-        print(f"== {comparison.name} ==", flush=True)
-        run_comparison(comparison, plan.seeds_of(comparison), runs, args.overrides)
+    run_plan(plan, runs, args.overrides, args.jobs)
     print(f"all jobs finished in {(time.monotonic() - start) / 60:.1f} min", flush=True)
     aggregate(runs, results)
 

@@ -1,14 +1,11 @@
 """``make reproduce MODE=smoke|quick|full``: the paper's comparisons (Tables 1 and 2) as Hydra multiruns.
 
 A plan (``configs/reproduce_MODE.yaml``) lists *comparisons*: a task, an experiment preset, the bilevel method and
-its baselines, run for every seed of the plan. A comparison is one or two multiruns of ``run.py``:
-
-1. the bilevel method (and every baseline that takes no budget) over the seeds, one multirun per group of methods
-   with the same ``method_overrides`` in the plan (e.g. a search's trial count at this size);
-2. with ``budget_factor`` set, the search baselines (upper estimators with a ``timeout_s`` option) over the seeds,
-   each with ``budget_factor`` x the bilevel runs' mean wall clock as its budget: equal compute at factor 1 (paper
-   Sec. 3.2). Without it the searches run their configured number of trials in the first multirun (Scenario A,
-   compared by sampler NFEs).
+its baselines, run for every seed of the plan. A comparison is one multirun of ``run.py`` per group of methods
+with the same ``method_overrides`` in the plan (e.g. a search's trial count). Every method runs at its *own*
+budget (the searches their configured trials, as the paper ran them), never one derived from another method's run:
+the multiruns are independent, so ``--jobs N`` runs N of them at once. Equal-compute and compute-to-match views are
+derived afterwards from the stored trials (:mod:`bilevel_diffusion.reporting.views`).
 
 Every job writes the run contract (docs/usage.md) into ``RUNS/<comparison>/<method>/seed_<seed>`` and runs with
 ``resume=true``: a stopped reproduce continues where it stopped, and a finished job is not run again.
@@ -17,10 +14,12 @@ Every job writes the run contract (docs/usage.md) into ``RUNS/<comparison>/<meth
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,11 +41,11 @@ class Comparison:
     bilevel: str
     baselines: list[str]
     experiment: str | None = None
-    budget_factor: float | None = None
     overrides: list[str] = field(default_factory=list)
     method_overrides: dict[str, list[str]] = field(default_factory=dict)  # per method, on top of ``overrides``
-    minutes_per_job: float = 1.0  # planning estimate for the printed plan
+    minutes_per_job: float = 1.0  # planning estimate for the printed plan, where no job of the method has finished
     seeds: list[int] | None = None  # this comparison's seeds (None: the plan's)
+    match_tolerance: float = 0.0  # compute-to-match: a method matches a quality within this (objective units)
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.method_overrides) - set(self.methods))
@@ -74,9 +73,20 @@ class Plan:
     def num_jobs(self) -> int:
         return sum(len(self.seeds_of(c)) * len(c.methods) for c in self.comparisons)
 
-    @property
-    def estimate_minutes(self) -> float:
-        return sum(len(self.seeds_of(c)) * len(c.methods) * c.minutes_per_job for c in self.comparisons)
+    def job_minutes(self, comparison: Comparison, method: str, runs_dir: Path | None = None) -> tuple[float, bool]:
+        """Minutes per job of ``method`` in ``comparison``: the mean wall clock of its finished jobs under
+        ``runs_dir`` where any exist (True), else the plan's ``minutes_per_job`` (False)."""
+        if runs_dir is not None:
+            done = [json.loads(p.read_text())["wall_clock_s"]
+                    for p in (runs_dir / comparison.name / method).glob("seed_*/summary.json")]
+            if done:
+                return statistics.fmean(done) / 60, True
+        return comparison.minutes_per_job, False
+
+    def estimate_minutes(self, runs_dir: Path | None = None) -> float:
+        """Total minutes of every job of the plan, one at a time (measured per-job times where they exist)."""
+        return sum(len(self.seeds_of(c)) * self.job_minutes(c, m, runs_dir)[0]
+                   for c in self.comparisons for m in c.methods)
 
 
 def load_plan(mode: str, plan_dir: Path = ROOT / "configs") -> Plan:
@@ -93,24 +103,25 @@ def load_plan(mode: str, plan_dir: Path = ROOT / "configs") -> Plan:
     return Plan(mode=mode, seeds=seeds, comparisons=comparisons, estimate_note=raw.get("estimate_note", ""))
 
 
-def describe(plan: Plan, runs_dir: Path) -> str:
-    """The printed plan: every comparison's jobs and the time estimate."""
+def describe(plan: Plan, runs_dir: Path, jobs: int = 1) -> str:
+    """The printed plan: every comparison's jobs and the time estimate (per-job minutes measured under
+    ``runs_dir`` where jobs finished, marked ``measured``, else the plan's estimate)."""
     lines = [f"reproduce MODE={plan.mode}: {plan.num_jobs} jobs, seeds {plan.seeds}, runs under {runs_dir}"]
+    measured_any = False
     for c in plan.comparisons:
-        budget = (f"; search budget = {c.budget_factor:g} x the bilevel wall clock" if c.budget_factor else "")
         experiment = f" experiment={c.experiment}" if c.experiment else ""
-        lines.append(f"  {c.name}: task={c.task}{experiment} bilevel={c.bilevel} "
-                     f"baselines={','.join(c.baselines)} ({len(c.methods) * len(plan.seeds_of(c))} jobs, "
-                     f"~{c.minutes_per_job:g} min each{budget})")
-    lines.append(f"estimate: ~{plan.estimate_minutes:.0f} min ({plan.estimate_minutes / 60:.1f} h). "
-                 f"{plan.estimate_note}".rstrip())
+        per_method = []
+        for method in c.methods:
+            minutes, measured = plan.job_minutes(c, method, runs_dir)
+            measured_any |= measured
+            per_method.append(f"{method} ~{minutes:.2g} min" + (" measured" if measured else ""))
+        lines.append(f"  {c.name}: task={c.task}{experiment}, {len(plan.seeds_of(c))} seeds, bilevel={c.bilevel}; "
+                     f"per job: {', '.join(per_method)}")
+    total = plan.estimate_minutes(runs_dir)
+    note = "" if measured_any else plan.estimate_note
+    lines.append(f"estimate: ~{total:.0f} min ({total / 60:.1f} h) one job at a time"
+                 + (f", ~{total / jobs:.0f} min with --jobs {jobs}" if jobs > 1 else "") + f". {note}".rstrip())
     return "\n".join(lines)
-
-
-def takes_budget(method: str) -> bool:
-    """Whether the upper estimator ``method`` is a search with a wall-clock budget (``timeout_s``)."""
-    path = ROOT / "configs" / "upper_estimator" / f"{method}.yaml"
-    return path.exists() and "timeout_s" in OmegaConf.load(path)
 
 
 def multirun_command(comparison: Comparison, methods: Sequence[str], seeds: Sequence[int], runs_dir: Path,
@@ -134,25 +145,38 @@ def by_overrides(comparison: Comparison, methods: Sequence[str]) -> list[list[st
     return list(groups.values())
 
 
-def mean_wall_clock(runs_dir: Path, comparison: Comparison, method: str, seeds: Sequence[int]) -> float:
-    """Mean ``wall_clock_s`` of ``method``'s finished runs in ``comparison``."""
-    paths = [runs_dir / comparison.name / method / f"seed_{s}" / "summary.json" for s in seeds]
-    missing = [str(p.parent) for p in paths if not p.exists()]
-    if missing:
-        raise RuntimeError(f"the bilevel runs did not finish: {missing}")
-    return statistics.fmean(json.loads(p.read_text())["wall_clock_s"] for p in paths)
+def plan_commands(plan: Plan, runs_dir: Path, extra: Sequence[str] = ()) -> dict[str, list[str]]:
+    """Every multirun of the plan, by label ``<comparison>.<method>+<method>``: per comparison, one per group of
+    methods with the same ``method_overrides``. They depend on nothing but the plan (no method's budget comes from
+    another's run), so they run in any order."""
+    return {f"{c.name}.{'+'.join(group)}": multirun_command(c, group, plan.seeds_of(c), runs_dir, extra)
+            for c in plan.comparisons for group in by_overrides(c, c.methods)}
 
 
-def run_comparison(comparison: Comparison, seeds: Sequence[int], runs_dir: Path, extra: Sequence[str] = (),
-                   runner: Callable[[list[str]], None] | None = None) -> None:
-    """The bilevel method and the unbudgeted baselines, then the budgeted searches; one multirun per group of
-    methods with the same ``method_overrides``."""
-    runner = runner or (lambda command: subprocess.run(command, cwd=ROOT, check=True))
-    budgeted = [m for m in comparison.baselines if comparison.budget_factor and takes_budget(m)]
-    for group in by_overrides(comparison, [m for m in comparison.methods if m not in budgeted]):
-        runner(multirun_command(comparison, group, seeds, runs_dir, extra))
-    if budgeted:
-        budget = comparison.budget_factor * mean_wall_clock(runs_dir, comparison, comparison.bilevel, seeds)
-        for group in by_overrides(comparison, budgeted):
-            runner(multirun_command(comparison, group, seeds, runs_dir,
-                                    [*extra, f"++upper_estimator.timeout_s={budget:.0f}"]))
+def run_plan(plan: Plan, runs_dir: Path, extra: Sequence[str] = (), jobs: int = 1,
+             runner: Callable[[str, list[str]], None] | None = None) -> None:
+    """Run :func:`plan_commands`, ``jobs`` multiruns at a time; with ``jobs > 1`` each gets ``hardware.num_threads``
+    = CPUs / ``jobs`` (unless ``extra`` sets it) and writes its output to ``runs_dir/logs/<label>.log``. Raises
+    after all ran if any failed (rerun to resume them)."""
+    if jobs > 1 and not any(o.lstrip("+").startswith("hardware.num_threads=") for o in extra):
+        extra = [*extra, f"++hardware.num_threads={max(1, (os.cpu_count() or 1) // jobs)}"]
+    commands = plan_commands(plan, runs_dir, extra)
+    runner = runner or (lambda label, command: _run(command, runs_dir / "logs" / f"{label}.log" if jobs > 1 else None))
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        futures = {label: pool.submit(runner, label, command) for label, command in commands.items()}
+        failed = {label: f.exception() for label, f in futures.items() if f.exception() is not None}
+    if failed:
+        raise RuntimeError(f"{len(failed)} of {len(commands)} multiruns failed ({', '.join(failed)}); rerun to "
+                           f"resume them") from next(iter(failed.values()))
+
+
+def _run(command: list[str], log: Path | None) -> None:
+    """One multirun, its output to the terminal or appended to ``log``."""
+    if log is None:
+        subprocess.run(command, cwd=ROOT, check=True)
+        return
+    log.parent.mkdir(parents=True, exist_ok=True)
+    print(f"started: {log.stem} (output: {log})", flush=True)
+    with log.open("a") as out:
+        subprocess.run(command, cwd=ROOT, check=True, stdout=out, stderr=subprocess.STDOUT)
+    print(f"finished: {log.stem}", flush=True)

@@ -164,6 +164,12 @@ class RewardProblem:
         """One guided evaluation at ``params["lambda"]`` on the trial noise, saved as ``trial_lambda_<value>.png``."""
         return self.evaluate(params["lambda"], "trial", save_as=f"trial_lambda_{params['lambda']:.4g}")
 
+    def report_trial(self, params: Mapping[str, float]) -> dict[str, Any]:
+        """The trial's lambda on the evaluation noise (as :meth:`report` scores it), for the anytime curves
+        (``docs/results.md``); a measurement, never used to choose lambda."""
+        result = self.evaluate(params["lambda"], "eval")
+        return {key: result[key] for key in ("objective", "r1", "r2")}
+
     def report_search(self, found: Any) -> dict[str, Any]:
         """The reported evaluation at the search's best lambda, and the trials' rewards against lambda."""
         trials = found.trials

@@ -12,7 +12,8 @@ box), the score-matching solver factory and the reported-FID evaluator; upper es
 - :meth:`search_space` / :meth:`trial` / :meth:`report_search`: one training per schedule (the searches). A trial
   is ranked by its *selection* FID, on noise disjoint from the evaluation noise (seed ``eval.seed +``
   :data:`SELECTION_SEED_OFFSET`); only the chosen trial is evaluated on the evaluation noise, so the reported FID
-  is not the minimum of many noisy FIDs (no winner's curse, ``docs/method.md``);
+  is not the minimum of many noisy FIDs (no winner's curse, ``docs/method.md``); :meth:`report_trial` measures a
+  trial on the evaluation noise for the anytime curves, after it was ranked, and nothing selects on it;
 - :meth:`report`: the *reported* FID/IS of a trained model (``eval.num_samples`` DDIM samples from fixed noise),
   the same for every method; never the cheap in-loop FID.
 """
@@ -75,6 +76,7 @@ class ScheduleProblem:
         self.clip_sample, self.timestep_spacing = bool(sampler["clip_sample"]), str(sampler["timestep_spacing"])
         self.log_every, self.checkpoint_every = int(log_every), int(checkpoint_every)
         self._best_trial: tuple[float, dict[str, float], dict[str, torch.Tensor]] | None = None
+        self._last_trial: tuple[dict[str, float], nn.Module] | None = None
 
     # -- the lower level --------------------------------------------------------------------------------------
     def new_solver(self) -> ScoreMatchingSolver:
@@ -185,8 +187,20 @@ class ScheduleProblem:
         fid = self.quality.fid_score(images)
         if self._best_trial is None or fid < self._best_trial[0]:
             self._best_trial = (fid, dict(params), {k: v.detach().clone() for k, v in model.state_dict().items()})
+        self._last_trial = (dict(params), model)
         return {"objective": fid, "selection_fid": fid, "selection_kid": self.quality.kid_score(images),
                 "sampler_nfe": nfe, "sampler_cost": nfe, "train_steps": solver.num_steps}
+
+    def report_trial(self, params: Mapping[str, float]) -> dict[str, Any]:
+        """The trial just run (at ``params``) on the evaluation noise: its reported FID and KID, for the anytime
+        curves (``docs/results.md``); its cost is a measurement, not the search's."""
+        if self._last_trial is None or self._last_trial[0] != dict(params):
+            raise RuntimeError("report_trial(params) measures the trial just run at params")
+        ev = self.evaluation
+        images, _ = self._sample(self._last_trial[1], self.with_params(params), int(ev["num_samples"]),
+                                 int(ev["seed"]), int(ev["num_inference_steps"]), int(ev["batch_size"]))
+        fid = self.quality.fid_score(images)
+        return {"objective": fid, "fid": fid, "kid": self.quality.kid_score(images)}
 
     def _trained(self, params: Mapping[str, float]) -> nn.Module:
         """The chosen trial's EMA network: kept from its trial, or trained again (the same seed gives the same

@@ -16,8 +16,9 @@ class BayesianSearch(SearchEstimator):
     """``sampler=gp`` (optuna GPSampler) or ``sampler=tpe`` (TPESampler), after ``n_startup_trials`` random ones."""
 
     def __init__(self, name: str = "bayesian", sampler: str = "gp", n_trials: int = 20, n_startup_trials: int = 10,
-                 timeout_s: float | None = None, seed: int = 0) -> None:
-        super().__init__(name, n_trials, timeout_s, seed)
+                 timeout_s: float | None = None, seed: int = 0,
+                 report_trials: bool = True) -> None:
+        super().__init__(name, n_trials, timeout_s, seed, report_trials)
         if sampler not in ("gp", "tpe"):
             raise ConfigError(f"upper_estimator.sampler must be gp or tpe (got {sampler!r})")
         if n_startup_trials < 1:

@@ -32,8 +32,9 @@ class GridSearch(SearchEstimator):
     order shuffled by ``seed`` (which matters when ``n_trials`` is below the grid size); trial i is point i."""
 
     def __init__(self, name: str = "grid", values: Mapping[str, Sequence[float]] | None = None, num_points: int = 5,
-                 n_trials: int | None = None, timeout_s: float | None = None, seed: int = 0) -> None:
-        super().__init__(name, n_trials, timeout_s, seed)
+                 n_trials: int | None = None, timeout_s: float | None = None, seed: int = 0,
+                 report_trials: bool = True) -> None:
+        super().__init__(name, n_trials, timeout_s, seed, report_trials)
         self.values, self.num_points = dict(values or {}), int(num_points)
 
     def points(self, space: SearchSpace) -> list[dict[str, float]]:

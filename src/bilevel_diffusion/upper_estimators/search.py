@@ -6,8 +6,9 @@
     problem.trial(params) -> dict         # one full evaluation (a guided sampling run, a training run, ...):
                                           # {"objective": ..., "sampler_nfe": ..., **other_scalars}, lower is better
     problem.report_search(found) -> dict  # the reported result of the search (summary.json keys)
+    problem.report_trial(params) -> dict  # the trial just evaluated, on the evaluation noise ({"objective": ...})
 
-and runs ``found = self.search(space, problem.trial, ctx)`` in between.
+and runs ``found = self.search(space, problem.trial, ctx, problem.report_trial)`` in between.
 
 ``result.best_params``, ``result.best_value``, ``result.best_result`` (the dict ``evaluate`` returned for the best
 trial), ``result.trials`` (every evaluated trial, in order) and ``result.sampler_nfe`` (summed over trials).
@@ -26,6 +27,11 @@ trial), ``result.trials`` (every evaluated trial, in order) and ``result.sampler
   at steps >= the number of finished trials are dropped, so log the task's own lines after the search at steps
   ``>= len(result.trials)``.
 - A non-finite objective is told to optuna as a failed trial (the record is kept and logged).
+- Anytime measurement (``report_trials``, default on; docs/results.md, derived views): after each trial its point
+  is also evaluated on the evaluation noise (``report_objective`` and the other ``report_*`` keys of the trial's
+  line). Those values never reach the sampler or the choice of the best trial; their time (``report_s``) is left out
+  of the search's own compute: ``search_s`` is the search's cumulative wall clock without the measurements,
+  ``search_cost`` its cumulative ``sampler_cost``.
 """
 
 from __future__ import annotations
@@ -109,13 +115,15 @@ class SearchEstimator(UpperEstimator):
 
     problem_type = (RewardProblem, ScheduleProblem)
 
-    def __init__(self, name: str, n_trials: int | None = None, timeout_s: float | None = None, seed: int = 0) -> None:
+    def __init__(self, name: str, n_trials: int | None = None, timeout_s: float | None = None, seed: int = 0,
+                 report_trials: bool = True) -> None:
         if n_trials is not None and n_trials < 1:
             raise ConfigError(f"upper_estimator.n_trials must be >= 1 (got {n_trials})")
         if timeout_s is not None and timeout_s <= 0:
             raise ConfigError(f"upper_estimator.timeout_s must be > 0 (got {timeout_s})")
         super().__init__(name)
         self.n_trials, self.timeout_s, self.seed = n_trials, timeout_s, int(seed)
+        self.report_trials = bool(report_trials)
 
     def check_space(self, space: SearchSpace) -> None:
         check_space(space)
@@ -123,7 +131,8 @@ class SearchEstimator(UpperEstimator):
     def solve(self, problem: RewardProblem | ScheduleProblem, ctx: RunContext) -> dict[str, Any]:
         """Search the problem's space with its trial evaluation; the problem reports the chosen point."""
         self.check_problem(problem)
-        return problem.report_search(self.search(problem.search_space(), problem.trial, ctx))
+        report = problem.report_trial if self.report_trials else None
+        return problem.report_search(self.search(problem.search_space(), problem.trial, ctx, report))
 
     def make_sampler(self, space: SearchSpace, finished_trials: int) -> optuna.samplers.BaseSampler:
         """The sampler that proposes the trial after ``finished_trials`` finished ones. A sampler per trial, whose
@@ -137,8 +146,10 @@ class SearchEstimator(UpperEstimator):
             raise ConfigError(f"upper_estimator={self.name} needs n_trials")
         return int(self.n_trials)
 
-    def search(self, space: SearchSpace, evaluate: Evaluate, ctx: RunContext) -> SearchResult:
-        """Minimise ``evaluate(params)["objective"]`` over ``space`` within the budget.
+    def search(self, space: SearchSpace, evaluate: Evaluate, ctx: RunContext,
+               report: Evaluate | None = None) -> SearchResult:
+        """Minimise ``evaluate(params)["objective"]`` over ``space`` within the budget; ``report(params)`` (when
+        given) measures each trial on the evaluation noise after it ran, for the anytime curves only.
 
         With ``hardware=ddp`` rank 0 owns the study and sends each trial's parameters to the other ranks, which
         evaluate them with it (data-parallel) and receive the result at the end.
@@ -147,12 +158,15 @@ class SearchEstimator(UpperEstimator):
         if not distributed.is_main():
             while (params := distributed.broadcast(None)) is not None:
                 evaluate(params)
+                if report is not None:
+                    report(params)
             return distributed.broadcast(None)
-        result = self._lead(space, evaluate, ctx)
+        result = self._lead(space, evaluate, ctx, report)
         distributed.broadcast(None)
         return distributed.broadcast(result)
 
-    def _lead(self, space: SearchSpace, evaluate: Evaluate, ctx: RunContext) -> SearchResult:
+    def _lead(self, space: SearchSpace, evaluate: Evaluate, ctx: RunContext,
+              report: Evaluate | None) -> SearchResult:
         """The optuna ask/tell loop (rank 0)."""
         budget = self.max_trials(space)
         storage = f"sqlite:///{(ctx.run_dir / STUDY_FILE).resolve()}"
@@ -175,6 +189,9 @@ class SearchEstimator(UpperEstimator):
                                                                       log=bool(box.get("log", False)))
                          for name, box in space.items()}
         bar = tqdm(total=budget, initial=len(trials), desc=f"{self.name} search trials", disable=None)
+        mark = ctx.recorder.wall_clock()  # the search's own compute runs from here (without measurements)
+        search_s = float(trials[-1].result.get("search_s", 0.0)) if trials else mark - start_wall
+        search_cost = int(trials[-1].result.get("search_cost", 0)) if trials else 0
         while len(trials) < budget and not self._out_of_time(ctx, start_wall, len(trials)):
             study.sampler = self.make_sampler(space, len(trials))
             with torch.random.fork_rng(devices=[]):  # GPSampler's optimiser draws from torch's global generator
@@ -184,6 +201,14 @@ class SearchEstimator(UpperEstimator):
             result = dict(evaluate(params))
             if "objective" not in result or "sampler_nfe" not in result:
                 raise KeyError("evaluate(params) must return at least 'objective' and 'sampler_nfe'")
+            now = ctx.recorder.wall_clock()
+            search_s, mark = search_s + now - mark, now
+            search_cost += int(result.get("sampler_cost", result["sampler_nfe"]))
+            result.update(search_s=search_s, search_cost=search_cost)
+            if report is not None:
+                measured = report(params)
+                mark = ctx.recorder.wall_clock()
+                result.update({f"report_{k}": v for k, v in _scalars(measured).items()}, report_s=mark - now)
             record = TrialRecord(len(trials), params, result)
             trials.append(record)
             # the line first: a stop between the two leaves the trial unfinished, so it runs again and the

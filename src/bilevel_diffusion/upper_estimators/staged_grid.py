@@ -77,8 +77,9 @@ class StagedGridSearch(SearchEstimator):
 
     def __init__(self, name: str = "staged_grid", order: Sequence[str] = (),
                  values: Mapping[str, Sequence[float]] | None = None, num_points: int = 5,
-                 n_trials: int | None = None, timeout_s: float | None = None, seed: int = 0) -> None:
-        super().__init__(name, n_trials, timeout_s, seed)
+                 n_trials: int | None = None, timeout_s: float | None = None, seed: int = 0,
+                 report_trials: bool = True) -> None:
+        super().__init__(name, n_trials, timeout_s, seed, report_trials)
         self.order, self.values, self.num_points = list(order), dict(values or {}), int(num_points)
 
     def _sampler(self, space: SearchSpace) -> StagedGridSampler:
