@@ -98,3 +98,22 @@ def test_runs_with_different_seeds_draw_independent_trials() -> None:
     run1 = [trial_seed(1, i) for i in range(50)]
     assert not set(run0) & set(run1), "seed + index would give run 1's trial i the sampler of run 0's trial i + 1"
     assert run0 == [trial_seed(0, i) for i in range(50)], "deterministic, so a resumed search proposes the same"
+
+
+def test_trial_measurements_never_select_and_their_time_is_not_the_searchs(tmp_path) -> None:
+    """``report(params)`` (the evaluation-noise measurement) rates the points the other way round and is slow: the
+    search still picks by the selection objective, optuna sees only it, and ``search_s`` leaves the measurement out."""
+    def slow_report(params: dict[str, float]) -> dict:
+        time.sleep(0.2)
+        return {"objective": -bowl(params)["objective"], "extra": 1.0}
+
+    result = BayesianSearch(n_trials=6, n_startup_trials=3).search(SPACE, bowl, make_ctx(tmp_path), slow_report)
+    assert result.best_value == min(t.objective for t in result.trials)
+    assert all(t.result["report_objective"] == -t.objective and t.result["report_extra"] == 1.0
+               for t in result.trials)
+    rows = read_jsonl(tmp_path / "metrics.jsonl")
+    assert [r["search_cost"] for r in rows] == [7 * (i + 1) for i in range(6)]
+    assert all(r["report_s"] >= 0.2 for r in rows)
+    assert rows[-1]["search_s"] < rows[-1]["wall_clock_s"] - 6 * 0.2 + 0.05
+    again = BayesianSearch(n_trials=6, n_startup_trials=3).search(SPACE, bowl, make_ctx(tmp_path / "b"))
+    assert [t.params for t in again.trials] == [t.params for t in result.trials]  # the measurements steer nothing

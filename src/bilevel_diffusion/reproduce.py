@@ -160,6 +160,11 @@ def run_plan(plan: Plan, runs_dir: Path, extra: Sequence[str] = (), jobs: int = 
     after all ran if any failed (rerun to resume them)."""
     if jobs > 1 and not any(o.lstrip("+").startswith("hardware.num_threads=") for o in extra):
         extra = [*extra, f"++hardware.num_threads={max(1, (os.cpu_count() or 1) // jobs)}"]
+    for c in plan.comparisons:  # what the derived views need to know about the comparison (reporting.views)
+        (runs_dir / c.name).mkdir(parents=True, exist_ok=True)
+        (runs_dir / c.name / "comparison.json").write_text(json.dumps(
+            {"task": c.task, "bilevel": c.bilevel, "baselines": c.baselines, "match_tolerance": c.match_tolerance,
+             "seeds": plan.seeds_of(c)}, indent=1) + "\n")
     commands = plan_commands(plan, runs_dir, extra)
     runner = runner or (lambda label, command: _run(command, runs_dir / "logs" / f"{label}.log" if jobs > 1 else None))
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
@@ -176,7 +181,9 @@ def _run(command: list[str], log: Path | None) -> None:
         subprocess.run(command, cwd=ROOT, check=True)
         return
     log.parent.mkdir(parents=True, exist_ok=True)
-    print(f"started: {log.stem} (output: {log})", flush=True)
+    sys.stdout.write(f"started: {log.stem} (output: {log})\n")  # one write: jobs print from several threads
+    sys.stdout.flush()
     with log.open("a") as out:
         subprocess.run(command, cwd=ROOT, check=True, stdout=out, stderr=subprocess.STDOUT)
-    print(f"finished: {log.stem}", flush=True)
+    sys.stdout.write(f"finished: {log.stem}\n")
+    sys.stdout.flush()

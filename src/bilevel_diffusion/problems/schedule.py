@@ -153,6 +153,7 @@ class ScheduleProblem:
                 "is": sample_report.inception_score,
                 "is_std": sample_report.inception_score_std, "sampler_nfe": sample_report.sampler_nfe,
                 "sampler_cost": sample_report.sampler_nfe,  # unguided DDIM: one forward pass per network evaluation
+                "report_nfe": sample_report.sampler_nfe,  # of which this reported evaluation (not the method's cost)
                 "fid_features": self.quality.label, "eval_num_samples": self.evaluation["num_samples"],
                 "schedule": {"name": schedule.name, **schedule.as_dict()}, **_end_point(schedule)}
 

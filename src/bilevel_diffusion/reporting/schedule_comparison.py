@@ -1,4 +1,4 @@
-"""Scenario B at equal compute: one table and three figures from the methods' run directories.
+"""Scenario B, one seed: a table and two figures from the methods' run directories.
 
 Reads only ``config.yaml``, ``summary.json`` and ``metrics.jsonl`` (the run contract, docs/usage.md), so it can be re-run
 on finished runs. Every FID here is the *reported* one (``eval.num_samples`` samples), never the in-loop objective.
@@ -14,7 +14,7 @@ from typing import Any
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from bilevel_diffusion.reporting.figures import plot_fid_over_wall_clock, plot_parameter_traces, plot_schedules
+from bilevel_diffusion.reporting.figures import plot_parameter_traces, plot_schedules
 from bilevel_diffusion.reporting.run_files import read_metrics, read_summary
 from bilevel_diffusion.schedules.family import CosineSchedule, NoiseSchedule
 
@@ -51,23 +51,9 @@ def comparison_markdown(runs: Mapping[str, Path]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def fid_over_wall_clock(run_dir: Path) -> list[tuple[float, float]]:
-    """(seconds, best reported FID so far) after each search trial that carries a reported FID, else the run's final
-    point (search trials are ranked on selection noise and carry ``selection_fid`` only: a search is its final
-    point)."""
-    trials = [row for row in read_metrics(run_dir) if "trial" in row and math.isfinite(row.get("fid", math.nan))]
-    if not trials:
-        summary = read_summary(run_dir)
-        return [(summary["wall_clock_s"], summary["fid"])]
-    best, points = math.inf, []
-    for row in trials:
-        best = min(best, row["fid"])
-        points.append((row["wall_clock_s"], best))
-    return points
-
-
 def write_comparison(runs: Mapping[str, Path], out_dir: Path) -> dict[str, Path]:
-    """``comparison.md``, ``schedules.png``, ``schedule_params.png`` and ``fid_vs_wall_clock.png`` in ``out_dir``."""
+    """``comparison.md``, ``schedules.png`` and ``schedule_params.png`` in ``out_dir`` (the anytime curves over all
+    seeds: :mod:`~bilevel_diffusion.reporting.views`)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     table = out_dir / "comparison.md"
     table.write_text(comparison_markdown(runs))
@@ -82,7 +68,4 @@ def write_comparison(runs: Mapping[str, Path], out_dir: Path) -> dict[str, Path]
             "schedules": plot_schedules(curves, out_dir / "schedules.png",
                                         title=f"final schedules q of each method (seed {read_summary(first)['seed']})"),
             "schedule_params": plot_parameter_traces(traces, ("start", "end", "tau", "eps"),
-                                                     out_dir / "schedule_params.png"),
-            "fid_vs_wall_clock": plot_fid_over_wall_clock(
-                {label: fid_over_wall_clock(run_dir) for label, run_dir in runs.items()},
-                out_dir / "fid_vs_wall_clock.png")}
+                                                     out_dir / "schedule_params.png")}
