@@ -43,7 +43,7 @@ def test_a_fresh_small_evaluation_agrees_with_the_card() -> None:
     fresh = pretrained_mnist.evaluate(pretrained_mnist.load(), data, ROOT / "outputs" / "cache",
                                       num_samples=check["num_samples"],
                                       num_inference_steps=check["num_inference_steps"])
-    # the samples are the card's to float rounding; the FID features come from this machine's cached classifier
+    # the samples are the card's to float rounding, the FID features the shipped classifier
     assert fresh["confident_fraction"] == pytest.approx(check["confident_fraction"], abs=0.03)
     assert fresh["fid_over_floor"] == pytest.approx(check["fid_over_floor"], rel=0.25)
 

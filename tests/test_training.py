@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 
+import pytest
 import torch
 
 from bilevel_diffusion.lower_solvers.score_matching import ScoreMatchingSolver, score_matching_loss
@@ -53,12 +54,28 @@ def test_score_matching_loss_is_differentiable_in_the_schedule() -> None:
     assert float(schedule.raw.grad.abs().sum()) > 0
 
 
-def test_fid_feature_classifier_is_accurate_and_cached() -> None:
-    cache = ROOT / "outputs" / "cache"
-    load_or_train_classifier(cache)  # trains on first use (about a minute), then reuses the file
-    card = json.loads((cache / "mnist_classifier.json").read_text())
+def test_the_shipped_fid_feature_classifier_is_the_one_its_card_describes(tmp_path) -> None:
+    from bilevel_diffusion.checkpoint import tensor_digest
+    from bilevel_diffusion.data.mnist import load_mnist5k
+    from bilevel_diffusion.metrics.classifier import EMBEDDED, accuracy
+
+    card = json.loads(EMBEDDED.with_suffix(".json").read_text())
+    model = load_or_train_classifier(tmp_path)  # the shipped file: nothing is trained or cached
+    assert not any(tmp_path.iterdir())
+    assert tensor_digest(model.state_dict()) == card["sha256"]
+    data = load_mnist5k(cache_dir=ROOT / "outputs" / "cache")
     assert card["heldout_accuracy"] >= 0.98
-    assert (cache / "mnist_classifier.safetensors").stat().st_size > 0
+    assert accuracy(model, data.test_x, data.test_y) == pytest.approx(card["heldout_accuracy"], abs=1e-9)
+
+
+@pytest.mark.slow
+def test_the_classifier_recipe_trains_an_accurate_one_when_the_file_is_missing(tmp_path, monkeypatch) -> None:
+    import bilevel_diffusion.metrics.classifier as classifier
+
+    monkeypatch.setattr(classifier, "EMBEDDED", tmp_path / "missing.safetensors")
+    load_or_train_classifier(tmp_path)  # trains (about a minute), then reuses the file
+    assert json.loads((tmp_path / "mnist_classifier.json").read_text())["heldout_accuracy"] >= 0.98
+    assert (tmp_path / "mnist_classifier.safetensors").stat().st_size > 0
 
 
 def test_inception_features_without_local_weights_is_one_clear_error(tmp_path) -> None:
