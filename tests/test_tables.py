@@ -33,6 +33,13 @@ def test_tables_average_over_seeds_and_split_by_scenario(tmp_path) -> None:
     markdown = (tmp_path / "out" / "table2.md").read_text()
     assert "| train_mnist | fixed | 2 | 12.00 ± 2.83 | 0.0200 ± 0.0141 | 64 | 2.00 |" in markdown  # n beside FID/KID
     assert r"12.00 $\pm$ 2.83" in (tmp_path / "out" / "table2.tex").read_text()
+    (runs / "d").mkdir()  # a search: its trials' measurement time, from its stored trials
+    (runs / "d" / "summary.json").write_text(json.dumps({"task": "train_mnist", "method": "random", "seed": 0,
+                                                         "fid": 9.0, "wall_clock_s": 20.0}))
+    (runs / "d" / "metrics.jsonl").write_text("".join(json.dumps({"step": i, "trial": i, "report_s": 1.5}) + "\n"
+                                                      for i in range(3)))
+    random = next(r for r in write_tables(runs, tmp_path / "out")["table2"] if r.method == "random")
+    assert random.cells["measurement_s"] == (4.5, 0.0) and random.cells["wall_clock_s"] == (20.0, 0.0)
     with (tmp_path / "out" / "table1.csv").open() as handle:
         (record,) = list(csv.DictReader(handle))
     assert float(record["r1_mean"]) == -1.5 and record["method"] == "closed_form"

@@ -19,15 +19,19 @@ from pathlib import Path
 TABLE_COLUMNS: dict[str, list[tuple[str, str]]] = {
     "table1": [("FID vs pre-trained", "fid_vs_pretrained"), ("KID vs pre-trained", "kid_vs_pretrained"),
                ("n per set (FID, KID)", "distance_num_samples"), ("r1 / CLIP score", "r1"), ("reward r2", "r2"),
-               ("lambda", "lambda"), ("wall-clock (s)", "wall_clock_s"), ("sampler NFEs", "sampler_nfe"),
+               ("lambda", "lambda"), ("wall-clock (s)", "wall_clock_s"),
+               ("of which trial measurements (s)", "measurement_s"), ("sampler NFEs", "sampler_nfe"),
                ("sampler cost (forward passes)", "sampler_cost")],
     "table2": [("FID", "fid"), ("KID", "kid"), ("n generated (FID, KID)", "eval_num_samples"), ("IS", "is"),
-               ("wall-clock (s)", "wall_clock_s"), ("trainings used", "trainings_used"), ("sampler NFEs", "sampler_nfe")],
+               ("wall-clock (s)", "wall_clock_s"), ("of which trial measurements (s)", "measurement_s"),
+               ("trainings used", "trainings_used"), ("sampler NFEs", "sampler_nfe")],
 }
 #: columns that count things (printed without decimals)
 COUNT_KEYS = {"sampler_nfe", "sampler_cost", "trainings_used", "distance_num_samples", "eval_num_samples"}
-PAPER_NOTE = ("Mean ± std over seeds. `paper`: the paper's reported number from configs/paper_numbers.yaml; "
-              "empty where it is not known to this project (none is, so far).")
+PAPER_NOTE = ("Mean ± std over seeds. Trial measurements: the time a search spent measuring each trial on the "
+              "evaluation noise for the anytime curves (`report_trials`), not part of its own compute. `paper`: the "
+              "paper's reported number from configs/paper_numbers.yaml; empty where it is not known to this project "
+              "(none is, so far).")
 #: which table a task's runs go to
 TABLE_OF_TASK = {"finetune_gaussian": "table1", "finetune_mnist": "table1", "finetune_aesthetic": "table1",
                  "finetune_synthetic": "table1", "finetune_hps": "table1",
@@ -45,8 +49,18 @@ class Row:
 
 
 def load_summaries(root: str | Path) -> list[dict]:
-    """Every ``summary.json`` below ``root`` (one per finished job)."""
-    return [json.loads(path.read_text()) for path in sorted(Path(root).rglob("summary.json"))]
+    """Every ``summary.json`` below ``root`` (one per finished job), with ``measurement_s``: the seconds its search
+    trials spent on their evaluation-noise measurements (``report_s`` of its ``metrics.jsonl``; searches only)."""
+    summaries = []
+    for path in sorted(Path(root).rglob("summary.json")):
+        summary = json.loads(path.read_text())
+        metrics = path.with_name("metrics.jsonl")
+        rows = [json.loads(line) for line in metrics.read_text().splitlines() if line] if metrics.exists() else []
+        measured = [row["report_s"] for row in rows if "trial" in row and "report_s" in row]
+        if measured:
+            summary["measurement_s"] = float(sum(measured))
+        summaries.append(summary)
+    return summaries
 
 
 def _mean_std(values: Sequence[float]) -> tuple[float, float]:
