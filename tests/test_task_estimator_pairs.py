@@ -22,6 +22,7 @@ BUDGET = {
     "fixed": [],
     "grid": ["upper_estimator.n_trials=1"],
     "random": ["upper_estimator.n_trials=1"],
+    "sampler_difference": ["upper_estimator.num_steps=1"],
     "staged_grid": ["upper_estimator.n_trials=1"],
     "weighted_sum": [],
     "zeroth_order": ["lower_solver.num_steps=8", "upper_estimator.inner_steps=2", "upper_estimator.n_obj=4",
@@ -55,15 +56,18 @@ def test_every_task_accepts_some_estimators_and_refuses_others() -> None:
     assert table["noise_schedule_mnist"] == {"zeroth_order", "fixed", "grid", "random", "bayesian", "staged_grid"}
     assert table["noise_schedule_gmm"] == table["noise_schedule_mnist"] and table["train_gmm"] == {"fixed"}
     for task in ("finetune_gaussian", "finetune_mnist", *SD_TASKS):
-        assert table[task] == {"closed_form", "closed_form_pool", "grid", "random", "bayesian", "weighted_sum"}
+        assert table[task] == {"closed_form", "closed_form_pool", "sampler_difference", "grid", "random", "bayesian",
+                               "weighted_sum"}
     assert set(BUDGET) == set(ESTIMATORS)
 
 
 def _pairs() -> list:
     """Every (task, estimator); the testbed's accepted pairs are slow-marked: the reproduce smoke plan runs three of
     them through run.py in the fast suite, train_gmm covers its experiment=smoke settings, and the others share
-    noise_schedule_mnist's code."""
+    noise_schedule_mnist's code. So are sampler_difference on the Stable Diffusion tasks (the same RewardProblem
+    code as finetune_mnist, which stays fast)."""
     slow = {("noise_schedule_gmm", e) for e in ("zeroth_order", "fixed", "grid", "random", "bayesian", "staged_grid")}
+    slow |= {(task, "sampler_difference") for task in SD_TASKS}
     return [pytest.param(t, e, marks=pytest.mark.slow) if (t, e) in slow else (t, e)
             for t in TASKS for e in ESTIMATORS]
 

@@ -20,6 +20,7 @@ from bilevel_diffusion.upper_estimators.base import UpperEstimator
 from bilevel_diffusion.upper_estimators.bayesian import BayesianSearch
 from bilevel_diffusion.upper_estimators.closed_form import ClosedFormEstimator
 from bilevel_diffusion.upper_estimators.grid import GridSearch
+from bilevel_diffusion.upper_estimators.sampler_difference import SamplerDifference
 from bilevel_diffusion.upper_estimators.random import RandomSearch
 from bilevel_diffusion.upper_estimators.weighted_sum import WeightedSum
 
@@ -58,7 +59,7 @@ class RewardTask(Task):
     model and the rewards (:meth:`problem_parts`) and may add summary keys (:meth:`extra_summary`)."""
 
     #: lambda is one parameter: no staged grid
-    accepts = (ClosedFormEstimator, GridSearch, RandomSearch, BayesianSearch, WeightedSum)
+    accepts = (ClosedFormEstimator, SamplerDifference, GridSearch, RandomSearch, BayesianSearch, WeightedSum)
     solvers = (GuidedSampler,)
     headline = ("lambda", "r1", "r2", "fid_vs_pretrained")
 
