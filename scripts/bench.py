@@ -168,9 +168,11 @@ def to_markdown(results: list[dict], info: dict) -> str:
              f"torch {info['torch']}, GPU: {info['cuda'] or 'none'}", "",
              "| benchmark | setting | ratio | target | met |", "|---|---|---|---|---|"]
     for row in results:
-        ratio = f"{row['ratio']:.3g}" if row.get("ratio") is not None else "not measured"
+        measured = row.get("ratio") is not None or "ci95" in row  # ci95: measured, possibly never reached (inf)
+        ratio = (f"{row['ratio']:.3g}" if row.get("ratio") is not None
+                 else "inf (not reached)" if measured else "not measured")
         lines.append(f"| {row['name']} | {row['setting']} | {ratio} | {row['target']} | "
-                     f"{'yes' if row.get('met') else 'no' if row.get('ratio') is not None else '–'} |")
+                     f"{'yes' if row.get('met') else 'no' if measured else '–'} |")
     return "\n".join(lines) + "\n"
 
 
