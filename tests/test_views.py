@@ -92,3 +92,25 @@ def test_a_search_without_measured_trials_is_refused_with_the_fix(tmp_path) -> N
     (run_dir / "metrics.jsonl").write_text(json.dumps({"step": 0, "trial": 0, "objective": 1.0}) + "\n")
     with pytest.raises(ValueError, match="report_trials=true"):
         run_trace(run_dir)
+
+
+def test_make_bench_reads_compute_to_match_from_the_runs(tmp_path) -> None:
+    import sys
+
+    from conftest import ROOT
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import bench
+
+    comparison = tmp_path / "quick" / "scenario_b_testbed"
+    for seed in (0, 1, 2):
+        _finished(comparison, "bayesian", seed, SEARCH, objective=25.0, wall_clock_s=130.0)
+        _finished(comparison, "zeroth_order", seed, objective=24.0 if seed else 26.0, wall_clock_s=9.0)
+    row = bench.bench_scenario_b_time(tmp_path / "quick")
+    assert row["per_seed"] == {"0": None, "1": pytest.approx(0.1), "2": pytest.approx(0.1)}
+    assert row["ratio"] == pytest.approx(0.1) and row["met"] and "reached in 2/3 seeds" in row["setting"]
+    _finished(comparison.parent / "finetune_mnist", "closed_form", 0, objective=30.0, sampler_cost=10,
+              wall_clock_s=5.0)
+    _finished(comparison.parent / "finetune_mnist", "bayesian", 0, SEARCH, objective=25.0, wall_clock_s=1.0)
+    never = bench.bench_scenario_a_cost(tmp_path / "quick")
+    assert never["ratio"] is None and not never["met"]
+    assert "| inf (not reached) | <= 0.25 | no |" in bench.to_markdown([never], bench.machine())
