@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from bilevel_diffusion import distributed
-from bilevel_diffusion.errors import NumericalFault
+from bilevel_diffusion.errors import ConfigError, NumericalFault
 from bilevel_diffusion.evaluation import fixed_noise
 from bilevel_diffusion.lower_solvers.guided_sampling import GuidedSampler, GuidedSamples
 from bilevel_diffusion.reporting.reward_figures import plot_rewards_vs_lambda, plot_sample_scatter
@@ -37,6 +37,16 @@ from bilevel_diffusion.sampling.ddim import EpsFn, Reward
 
 #: the pool of one prompt: (r1 values, r2 values, sampler NFEs spent on it, the same in forward-pass equivalents)
 PoolRewards = tuple[torch.Tensor, torch.Tensor, int, int]
+
+
+def check_in_lambda_box(space: Mapping[str, Mapping[str, Any]], value: float, option: str) -> None:
+    """A ``ConfigError`` unless the task's lambda box (``space["lambda"]``) is ``0 < low < high`` and holds
+    ``value`` (the estimator's setting ``option``): checked before any work."""
+    low, high = float(space["lambda"]["low"]), float(space["lambda"]["high"])
+    if not 0 < low < high:
+        raise ConfigError(f"task.lambda_box needs 0 < low < high (got {low}, {high})")
+    if not low <= value <= high:
+        raise ConfigError(f"{option}={value} is outside task.lambda_box [{low}, {high}]")
 
 
 class RewardProblem:

@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 from bilevel_diffusion import stopping
 from bilevel_diffusion.checkpoint import load_checkpoint, save_checkpoint
 from bilevel_diffusion.errors import ConfigError, NumericalFault, check_policy, nonfinite
-from bilevel_diffusion.problems.reward import RewardProblem
+from bilevel_diffusion.problems.reward import RewardProblem, check_in_lambda_box
 from bilevel_diffusion.reporting.reward_figures import plot_lambda_trace, plot_rewards_vs_lambda
 from bilevel_diffusion.runtime import RunContext
 from bilevel_diffusion.upper_estimators.base import UpperEstimator
@@ -149,12 +149,7 @@ class ClosedFormEstimator(UpperEstimator):
 
     def check_space(self, space: Mapping[str, Mapping[str, Any]]) -> None:
         """``lambda_init`` must lie in the task's lambda box."""
-        low, high = float(space["lambda"]["low"]), float(space["lambda"]["high"])
-        if not 0 < low < high:
-            raise ConfigError(f"task.lambda_box needs 0 < low < high (got {low}, {high})")
-        if not low <= self.lambda_init <= high:
-            raise ConfigError(f"upper_estimator.lambda_init={self.lambda_init} is outside task.lambda_box "
-                              f"[{low}, {high}]")
+        check_in_lambda_box(space, self.lambda_init, "upper_estimator.lambda_init")
 
     def solve(self, problem: RewardProblem, ctx: RunContext) -> dict[str, Any]:
         """Paper Alg. 2 on ``problem``: the lambda loop on its reward pools, then its reported evaluation."""

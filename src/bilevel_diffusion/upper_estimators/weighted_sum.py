@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from bilevel_diffusion.errors import ConfigError
-from bilevel_diffusion.problems.reward import RewardProblem
+from bilevel_diffusion.problems.reward import RewardProblem, check_in_lambda_box
 from bilevel_diffusion.runtime import RunContext
 from bilevel_diffusion.upper_estimators.base import UpperEstimator
 
@@ -25,9 +25,7 @@ class WeightedSum(UpperEstimator):
 
     def check_space(self, space: Mapping[str, Mapping[str, Any]]) -> None:
         """``lam`` must lie in the task's lambda box."""
-        low, high = float(space["lambda"]["low"]), float(space["lambda"]["high"])
-        if not low <= self.lam <= high:
-            raise ConfigError(f"upper_estimator.lam={self.lam} is outside task.lambda_box [{low}, {high}]")
+        check_in_lambda_box(space, self.lam, "upper_estimator.lam")
 
     def solve(self, problem: RewardProblem, ctx: RunContext) -> dict[str, Any]:
         """The reported evaluation at ``lam``, guided by the weighted reward."""
