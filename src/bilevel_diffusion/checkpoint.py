@@ -48,6 +48,18 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
                           f"new hydra.run.dir (or restore the file from a copy and resume)") from None
 
 
+def load_loop(path: str | Path, theta: torch.Tensor, optimizer: torch.optim.Optimizer,
+              schedule: torch.optim.lr_scheduler.LRScheduler) -> dict[str, Any]:
+    """Restore a one-parameter loop (the lambda loops of Scenario A) from its checkpoint: ``theta`` in place, the
+    optimiser's and step-size schedule's states; returns the whole checkpoint for the loop's other fields."""
+    state = load_checkpoint(path)
+    with torch.no_grad():
+        theta.copy_(state["theta"])
+    optimizer.load_state_dict(state["optim"])
+    schedule.load_state_dict(state["schedule"])
+    return state
+
+
 def write_json_atomic(obj: Any, path: str | Path) -> None:
     """JSON with sorted keys, written atomically."""
     text = json.dumps(obj, indent=2, sort_keys=True, default=float).encode()

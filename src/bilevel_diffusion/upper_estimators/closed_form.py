@@ -33,7 +33,7 @@ import torch
 from tqdm.auto import tqdm
 
 from bilevel_diffusion import stopping
-from bilevel_diffusion.checkpoint import load_checkpoint, save_checkpoint
+from bilevel_diffusion.checkpoint import load_loop, save_checkpoint
 from bilevel_diffusion.errors import ConfigError, NumericalFault, check_policy, nonfinite
 from bilevel_diffusion.problems.reward import RewardProblem, check_in_lambda_box
 from bilevel_diffusion.reporting.reward_figures import plot_lambda_trace, plot_rewards_vs_lambda
@@ -225,11 +225,7 @@ class ClosedFormEstimator(UpperEstimator):
         bounds = (math.log(box[0]), math.log(box[1])) if self.param == "log" else box
         start = 0
         if ctx.resume and ctx.checkpoint_path.exists():
-            state = load_checkpoint(ctx.checkpoint_path)
-            with torch.no_grad():
-                theta.copy_(state["theta"])
-            optim.load_state_dict(state["optim"])
-            schedule.load_state_dict(state["schedule"])
+            state = load_loop(ctx.checkpoint_path, theta, optim, schedule)
             pools, trace, start = state["pools"], state["trace"], state["step"]
             ctx.recorder.restore(state, start - 1)
         else:

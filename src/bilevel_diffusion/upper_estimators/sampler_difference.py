@@ -24,7 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from bilevel_diffusion import stopping
-from bilevel_diffusion.checkpoint import load_checkpoint, save_checkpoint
+from bilevel_diffusion.checkpoint import load_loop, save_checkpoint
 from bilevel_diffusion.errors import ConfigError, NumericalFault
 from bilevel_diffusion.problems.reward import RewardProblem, check_in_lambda_box
 from bilevel_diffusion.reporting.reward_figures import plot_lambda_trace
@@ -64,11 +64,7 @@ class SamplerDifference(UpperEstimator):
                                                               eta_min=self.lr * self.final_lr_fraction)
         start, lambdas, nfe, cost = 0, [], 0, 0
         if ctx.resume and ctx.checkpoint_path.exists():
-            state = load_checkpoint(ctx.checkpoint_path)
-            with torch.no_grad():
-                theta.copy_(state["theta"])
-            optim.load_state_dict(state["optim"])
-            schedule.load_state_dict(state["schedule"])
+            state = load_loop(ctx.checkpoint_path, theta, optim, schedule)
             start, lambdas, nfe, cost = state["step"], state["lambdas"], state["nfe"], state["cost"]
             ctx.recorder.restore(state, start - 1)
         bar = tqdm(range(start, self.num_steps), initial=start, total=self.num_steps,
