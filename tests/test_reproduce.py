@@ -85,10 +85,12 @@ def test_method_overrides_go_to_their_method_only_and_must_name_a_method(tmp_pat
                                               "bayesian": ["upper_estimator.n_trials=3"]})
     plan = load_plan("smoke")
     plan.comparisons = [comparison]
-    plain, searches = plan_commands(plan, tmp_path).values()
-    assert "upper_estimator=closed_form,weighted_sum" in plain and "upper_estimator.n_trials=3" not in plain
-    assert "upper_estimator=random,bayesian" in searches and "++upper_estimator.n_trials=3" in searches
-    assert all("resume=true" in c and f"hydra.sweep.dir={tmp_path / 'a'}" in c for c in (plain, searches))
+    commands = plan_commands(plan, tmp_path)
+    assert sorted(commands) == ["a.bayesian", "a.closed_form", "a.random", "a.weighted_sum"]  # one per method
+    for method, command in ((m, commands[f"a.{m}"]) for m in comparison.methods):
+        assert f"upper_estimator={method}" in command and "seed=0" in command
+        assert ("++upper_estimator.n_trials=3" in command) == (method in ("random", "bayesian"))
+        assert "resume=true" in command and f"hydra.sweep.dir={tmp_path / 'a'}" in command
     with pytest.raises(ConfigError, match="method_overrides names"):
         Comparison(name="a", task="finetune_gaussian", bilevel="closed_form", baselines=[],
                    method_overrides={"bayesian": ["upper_estimator.n_trials=3"]})

@@ -1,8 +1,8 @@
 """``make reproduce MODE=smoke|quick|full``: the paper's comparisons (Tables 1 and 2) as Hydra multiruns.
 
 A plan (``configs/reproduce_MODE.yaml``) lists *comparisons*: a task, an experiment preset, the bilevel method and
-its baselines, run for every seed of the plan. A comparison is one multirun of ``run.py`` per group of methods
-with the same ``method_overrides`` in the plan (e.g. a search's trial count). Every method runs at its *own*
+its baselines, run for every seed of the plan. A comparison is one multirun of ``run.py`` per method, with the
+method's ``method_overrides`` in the plan (e.g. a search's trial count). Every method runs at its *own*
 budget (the searches their configured trials, as the paper ran them), never one derived from another method's run:
 the multiruns are independent, so ``--jobs N`` runs N of them at once. Equal-compute and compute-to-match views are
 derived afterwards from the stored trials (:mod:`bilevel_diffusion.reporting.views`).
@@ -99,7 +99,11 @@ def load_plan(mode: str, plan_dir: Path = ROOT / "configs") -> Plan:
     seeds = [int(s) for s in raw.get("seeds", [])]
     if not seeds:
         raise ConfigError(f"{path}: `seeds` must list at least one seed")
-    comparisons = [Comparison(name=name, **spec) for name, spec in raw["comparisons"].items()]
+    comparisons = [Comparison(name=name, **spec) for name, spec in raw.get("comparisons", {}).items()]
+    if raw.get("extends"):  # another plan's comparisons first (with their own seeds where they list them)
+        base = load_plan(str(raw["extends"]), plan_dir)
+        inherited = [c if c.seeds else Comparison(**{**c.__dict__, "seeds": base.seeds}) for c in base.comparisons]
+        comparisons = [*inherited, *comparisons]
     return Plan(mode=mode, seeds=seeds, comparisons=comparisons, estimate_note=raw.get("estimate_note", ""))
 
 
@@ -124,33 +128,27 @@ def describe(plan: Plan, runs_dir: Path, jobs: int = 1) -> str:
     return "\n".join(lines)
 
 
-def multirun_command(comparison: Comparison, methods: Sequence[str], seeds: Sequence[int], runs_dir: Path,
+def multirun_command(comparison: Comparison, method: str, seeds: Sequence[int], runs_dir: Path,
                      extra: Sequence[str] = ()) -> list[str]:
-    """``run.py -m`` over ``methods`` x ``seeds`` of ``comparison`` into ``runs_dir/<comparison>/``; the methods
-    share their ``method_overrides`` (see :func:`by_overrides`), passed as ``++key=value``: Hydra checks a sweep's
-    fixed overrides against the task's default estimator, which may not have the key."""
+    """``run.py -m`` of ``method`` over ``seeds`` of ``comparison`` into ``runs_dir/<comparison>/``, with the
+    method's ``method_overrides`` passed as ``++key=value`` (Hydra checks a sweep's fixed overrides against the
+    task's default estimator, which may not have the key)."""
     experiment = [f"experiment={comparison.experiment}"] if comparison.experiment else []
-    shared = [o if o.startswith(("+", "~")) else f"++{o}" for o in comparison.method_overrides.get(methods[0], [])]
+    own = [o if o.startswith(("+", "~")) else f"++{o}" for o in comparison.method_overrides.get(method, [])]
     return [sys.executable, str(ROOT / "run.py"), "-m", f"task={comparison.task}", *experiment,
-            f"upper_estimator={','.join(methods)}", f"seed={','.join(str(s) for s in seeds)}", *comparison.overrides,
-            *shared, *extra, "resume=true",
+            f"upper_estimator={method}", f"seed={','.join(str(s) for s in seeds)}", *comparison.overrides,
+            *own, *extra, "resume=true",
             f"hydra.sweep.dir={runs_dir / comparison.name}", f"hydra.sweep.subdir={JOB_SUBDIR}"]
 
 
-def by_overrides(comparison: Comparison, methods: Sequence[str]) -> list[list[str]]:
-    """``methods`` grouped by identical ``method_overrides`` (in order): one multirun per group."""
-    groups: dict[tuple[str, ...], list[str]] = {}
-    for method in methods:
-        groups.setdefault(tuple(comparison.method_overrides.get(method, [])), []).append(method)
-    return list(groups.values())
-
-
 def plan_commands(plan: Plan, runs_dir: Path, extra: Sequence[str] = ()) -> dict[str, list[str]]:
-    """Every multirun of the plan, by label ``<comparison>.<method>+<method>``: per comparison, one per group of
-    methods with the same ``method_overrides``. They depend on nothing but the plan (no method's budget comes from
-    another's run), so they run in any order."""
-    return {f"{c.name}.{'+'.join(group)}": multirun_command(c, group, plan.seeds_of(c), runs_dir, extra)
-            for c in plan.comparisons for group in by_overrides(c, c.methods)}
+    """Every multirun of the plan, by label ``<comparison>.<method>``: one per method of each comparison, longest
+    first (by :meth:`Plan.job_minutes`, so that ``--jobs N`` ends its workers close together). They depend on
+    nothing but the plan (no method's budget comes from another's run), so they run in any order."""
+    units = [(len(plan.seeds_of(c)) * plan.job_minutes(c, m, runs_dir)[0], c, m)
+             for c in plan.comparisons for m in c.methods]
+    units.sort(key=lambda unit: -unit[0])
+    return {f"{c.name}.{m}": multirun_command(c, m, plan.seeds_of(c), runs_dir, extra) for _, c, m in units}
 
 
 def run_plan(plan: Plan, runs_dir: Path, extra: Sequence[str] = (), jobs: int = 1,
