@@ -88,7 +88,8 @@ def run_one(case: str, run_dir: Path) -> None:
     assert code == 0, stderr[-2000:]
 
 
-@pytest.mark.parametrize("case", list(CASES))
+# train_mnist's score-matching loop under DDP also runs inside noise_schedule_mnist's case: slow (fast-suite time)
+@pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.slow) if c == "train_mnist" else c for c in CASES])
 def test_two_gloo_ranks_give_the_numbers_of_one_process(tmp_path, case) -> None:
     run_one(case, tmp_path / "one")
     ranks = launched_ranks(2, *CASES[case], *SMOKE, "hardware=ddp", f"hydra.run.dir={tmp_path / 'two'}")

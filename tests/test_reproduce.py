@@ -120,8 +120,7 @@ def test_smoke_writes_every_table_and_figure(smoke) -> None:
     for figure in ("rewards_vs_lambda", "samples_small_chosen_large", "lambda_trace"):
         assert (results / "finetune_mnist" / f"{figure}.png").stat().st_size > 5_000, figure
     for figure in ("schedules", "schedule_params", "anytime"):
-        for task in ("noise_schedule_mnist", "noise_schedule_gmm"):
-            assert (results / task / f"{figure}.png").stat().st_size > 5_000, (task, figure)
+        assert (results / "noise_schedule_gmm" / f"{figure}.png").stat().st_size > 5_000, figure
     assert (results / "finetune_mnist" / "anytime.png").stat().st_size > 5_000
     for table in ("table1", "table2"):
         views = (results / f"{table}_views.md").read_text()
@@ -155,7 +154,7 @@ def test_smoke_scenario_a_runs_log_lambda_and_search_the_papers_grid(smoke) -> N
 
 
 def test_smoke_scenario_b_bilevel_run_reports_its_schedule_and_both_networks(smoke) -> None:
-    run_dir = smoke / "runs" / "scenario_b" / "zeroth_order" / "seed_0"
+    run_dir = smoke / "runs" / "scenario_b_testbed" / "zeroth_order" / "seed_0"
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["objective"] == summary["fid"] > 0 and summary["is"] >= 1.0
     assert summary["sampler_nfe"] == summary["objective_nfe"] + summary["report_nfe"] > summary["report_nfe"]

@@ -63,6 +63,7 @@ def test_unknown_task_is_one_clear_error() -> None:
     assert "no_such_task" in result.stderr and "Traceback" not in result.stderr
 
 
+@pytest.mark.slow  # test_wandb's two-job search multirun covers a multirun's W&B runs in the fast suite
 def test_multirun_sweep_logs_one_wandb_run_per_job(tmp_path, smoke_args) -> None:
     result = run_cli("-m", "task=train_mnist", *smoke_args, "logger=wandb", "seed=0,1", "eval.num_samples=8",
                      "eval.batch_size=8", f"hydra.sweep.dir={tmp_path}")

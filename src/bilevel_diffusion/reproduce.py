@@ -151,6 +151,16 @@ def plan_commands(plan: Plan, runs_dir: Path, extra: Sequence[str] = ()) -> dict
     return {f"{c.name}.{m}": multirun_command(c, m, plan.seeds_of(c), runs_dir, extra) for _, c, m in units}
 
 
+def describe_comparisons(plan: Plan, runs_dir: Path) -> None:
+    """``runs_dir/<comparison>/comparison.json``: what the derived views need to know about each comparison (its
+    bilevel method and match tolerance; :mod:`bilevel_diffusion.reporting.views`)."""
+    for c in plan.comparisons:
+        (runs_dir / c.name).mkdir(parents=True, exist_ok=True)
+        (runs_dir / c.name / "comparison.json").write_text(json.dumps(
+            {"task": c.task, "bilevel": c.bilevel, "baselines": c.baselines, "match_tolerance": c.match_tolerance,
+             "seeds": plan.seeds_of(c)}, indent=1) + "\n")
+
+
 def run_plan(plan: Plan, runs_dir: Path, extra: Sequence[str] = (), jobs: int = 1,
              runner: Callable[[str, list[str]], None] | None = None) -> None:
     """Run :func:`plan_commands`, ``jobs`` multiruns at a time; with ``jobs > 1`` each gets ``hardware.num_threads``
@@ -158,11 +168,7 @@ def run_plan(plan: Plan, runs_dir: Path, extra: Sequence[str] = (), jobs: int = 
     after all ran if any failed (rerun to resume them)."""
     if jobs > 1 and not any(o.lstrip("+").startswith("hardware.num_threads=") for o in extra):
         extra = [*extra, f"++hardware.num_threads={max(1, (os.cpu_count() or 1) // jobs)}"]
-    for c in plan.comparisons:  # what the derived views need to know about the comparison (reporting.views)
-        (runs_dir / c.name).mkdir(parents=True, exist_ok=True)
-        (runs_dir / c.name / "comparison.json").write_text(json.dumps(
-            {"task": c.task, "bilevel": c.bilevel, "baselines": c.baselines, "match_tolerance": c.match_tolerance,
-             "seeds": plan.seeds_of(c)}, indent=1) + "\n")
+    describe_comparisons(plan, runs_dir)
     commands = plan_commands(plan, runs_dir, extra)
     runner = runner or (lambda label, command: _run(command, runs_dir / "logs" / f"{label}.log" if jobs > 1 else None))
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
