@@ -52,7 +52,7 @@ def test_no_search_budget_depends_on_another_methods_run(mode, tmp_path) -> None
     assert not any("timeout_s" in arg for command in before.values() for arg in command)
     ran: list[str] = []
     run_plan(plan, tmp_path / "other", jobs=3, runner=lambda label, command: ran.append(label))
-    assert sorted(ran) == sorted(plan_commands(plan, tmp_path / "other"))
+    assert sorted(ran) == sorted(plan_commands(plan, tmp_path / "other", jobs=3))
     described = json.loads((tmp_path / "other" / plan.comparisons[0].name / "comparison.json").read_text())
     assert described["bilevel"] == plan.comparisons[0].bilevel
 
@@ -85,8 +85,11 @@ def test_method_overrides_go_to_their_method_only_and_must_name_a_method(tmp_pat
                                               "bayesian": ["upper_estimator.n_trials=3"]})
     plan = load_plan("smoke")
     plan.comparisons = [comparison]
-    commands = plan_commands(plan, tmp_path)
-    assert sorted(commands) == ["a.bayesian", "a.closed_form", "a.random", "a.weighted_sum"]  # one per method
+    plain, searches = plan_commands(plan, tmp_path).values()  # one job at a time: one multirun per override set
+    assert "upper_estimator=closed_form,weighted_sum" in plain and "upper_estimator.n_trials=3" not in plain
+    assert "upper_estimator=random,bayesian" in searches and "++upper_estimator.n_trials=3" in searches
+    commands = plan_commands(plan, tmp_path, jobs=2)  # several at a time: one multirun per method
+    assert sorted(commands) == ["a.bayesian", "a.closed_form", "a.random", "a.weighted_sum"]
     for method, command in ((m, commands[f"a.{m}"]) for m in comparison.methods):
         assert f"upper_estimator={method}" in command and "seed=0" in command
         assert ("++upper_estimator.n_trials=3" in command) == (method in ("random", "bayesian"))

@@ -1,8 +1,8 @@
 """``make reproduce MODE=smoke|quick|full``: the paper's comparisons (Tables 1 and 2) as Hydra multiruns.
 
 A plan (``configs/reproduce_MODE.yaml``) lists *comparisons*: a task, an experiment preset, the bilevel method and
-its baselines, run for every seed of the plan. A comparison is one multirun of ``run.py`` per method, with the
-method's ``method_overrides`` in the plan (e.g. a search's trial count). Every method runs at its *own*
+its baselines, run for every seed of the plan. A comparison is a few multiruns of ``run.py`` (:func:`plan_commands`),
+each method with its ``method_overrides`` in the plan (e.g. a search's trial count). Every method runs at its *own*
 budget (the searches their configured trials, as the paper ran them), never one derived from another method's run:
 the multiruns are independent, so ``--jobs N`` runs N of them at once. Equal-compute and compute-to-match views are
 derived afterwards from the stored trials (:mod:`bilevel_diffusion.reporting.views`).
@@ -128,27 +128,37 @@ def describe(plan: Plan, runs_dir: Path, jobs: int = 1) -> str:
     return "\n".join(lines)
 
 
-def multirun_command(comparison: Comparison, method: str, seeds: Sequence[int], runs_dir: Path,
+def multirun_command(comparison: Comparison, methods: Sequence[str], seeds: Sequence[int], runs_dir: Path,
                      extra: Sequence[str] = ()) -> list[str]:
-    """``run.py -m`` of ``method`` over ``seeds`` of ``comparison`` into ``runs_dir/<comparison>/``, with the
-    method's ``method_overrides`` passed as ``++key=value`` (Hydra checks a sweep's fixed overrides against the
-    task's default estimator, which may not have the key)."""
+    """``run.py -m`` over ``methods`` x ``seeds`` of ``comparison`` into ``runs_dir/<comparison>/``; the methods
+    share their ``method_overrides`` (see :func:`plan_commands`), passed as ``++key=value``: Hydra checks a sweep's
+    fixed overrides against the task's default estimator, which may not have the key."""
     experiment = [f"experiment={comparison.experiment}"] if comparison.experiment else []
-    own = [o if o.startswith(("+", "~")) else f"++{o}" for o in comparison.method_overrides.get(method, [])]
+    shared = [o if o.startswith(("+", "~")) else f"++{o}" for o in comparison.method_overrides.get(methods[0], [])]
     return [sys.executable, str(ROOT / "run.py"), "-m", f"task={comparison.task}", *experiment,
-            f"upper_estimator={method}", f"seed={','.join(str(s) for s in seeds)}", *comparison.overrides,
-            *own, *extra, "resume=true",
+            f"upper_estimator={','.join(methods)}", f"seed={','.join(str(s) for s in seeds)}", *comparison.overrides,
+            *shared, *extra, "resume=true",
             f"hydra.sweep.dir={runs_dir / comparison.name}", f"hydra.sweep.subdir={JOB_SUBDIR}"]
 
 
-def plan_commands(plan: Plan, runs_dir: Path, extra: Sequence[str] = ()) -> dict[str, list[str]]:
-    """Every multirun of the plan, by label ``<comparison>.<method>``: one per method of each comparison, longest
-    first (by :meth:`Plan.job_minutes`, so that ``--jobs N`` ends its workers close together). They depend on
-    nothing but the plan (no method's budget comes from another's run), so they run in any order."""
-    units = [(len(plan.seeds_of(c)) * plan.job_minutes(c, m, runs_dir)[0], c, m)
-             for c in plan.comparisons for m in c.methods]
-    units.sort(key=lambda unit: -unit[0])
-    return {f"{c.name}.{m}": multirun_command(c, m, plan.seeds_of(c), runs_dir, extra) for _, c, m in units}
+def plan_commands(plan: Plan, runs_dir: Path, extra: Sequence[str] = (), jobs: int = 1) -> dict[str, list[str]]:
+    """Every multirun of the plan, by label ``<comparison>.<method>[+<method>...]``. With ``jobs == 1`` the methods
+    of a comparison with the same ``method_overrides`` share one multirun (one process start each); with more,
+    each method is its own multirun and the longest go first (by :meth:`Plan.job_minutes`), so that the workers end
+    close together. They depend on nothing but the plan (no method's budget comes from another's run), so they run
+    in any order."""
+    units: list[tuple[float, Comparison, list[str]]] = []
+    for c in plan.comparisons:
+        groups: dict[tuple[str, ...], list[str]] = {}
+        for method in c.methods:
+            key = tuple(c.method_overrides.get(method, [])) if jobs == 1 else (method,)
+            groups.setdefault(key, []).append(method)
+        units += [(sum(plan.job_minutes(c, m, runs_dir)[0] for m in group) * len(plan.seeds_of(c)), c, group)
+                  for group in groups.values()]
+    if jobs > 1:
+        units.sort(key=lambda unit: -unit[0])
+    return {f"{c.name}.{'+'.join(group)}": multirun_command(c, group, plan.seeds_of(c), runs_dir, extra)
+            for _, c, group in units}
 
 
 def describe_comparisons(plan: Plan, runs_dir: Path) -> None:
@@ -169,7 +179,7 @@ def run_plan(plan: Plan, runs_dir: Path, extra: Sequence[str] = (), jobs: int = 
     if jobs > 1 and not any(o.lstrip("+").startswith("hardware.num_threads=") for o in extra):
         extra = [*extra, f"++hardware.num_threads={max(1, (os.cpu_count() or 1) // jobs)}"]
     describe_comparisons(plan, runs_dir)
-    commands = plan_commands(plan, runs_dir, extra)
+    commands = plan_commands(plan, runs_dir, extra, jobs)
     runner = runner or (lambda label, command: _run(command, runs_dir / "logs" / f"{label}.log" if jobs > 1 else None))
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
         futures = {label: pool.submit(runner, label, command) for label, command in commands.items()}
