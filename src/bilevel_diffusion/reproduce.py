@@ -99,11 +99,7 @@ def load_plan(mode: str, plan_dir: Path = ROOT / "configs") -> Plan:
     seeds = [int(s) for s in raw.get("seeds", [])]
     if not seeds:
         raise ConfigError(f"{path}: `seeds` must list at least one seed")
-    comparisons = [Comparison(name=name, **spec) for name, spec in raw.get("comparisons", {}).items()]
-    if raw.get("extends"):  # another plan's comparisons first (with their own seeds where they list them)
-        base = load_plan(str(raw["extends"]), plan_dir)
-        inherited = [c if c.seeds else Comparison(**{**c.__dict__, "seeds": base.seeds}) for c in base.comparisons]
-        comparisons = [*inherited, *comparisons]
+    comparisons = [Comparison(name=name, **spec) for name, spec in raw["comparisons"].items()]
     return Plan(mode=mode, seeds=seeds, comparisons=comparisons, estimate_note=raw.get("estimate_note", ""))
 
 
