@@ -153,3 +153,12 @@ def tiny_dir(tmp_path_factory):
 @pytest.fixture
 def smoke_args():
     return ["experiment=smoke", "hardware=cpu", "logger=none"]
+
+
+#: test files that take minutes: collected first, so that ``-n 2 --dist loadfile`` starts them at once on one worker
+#: while the other works through the rest (started last, they would finish alone)
+HEAVY_FILES = ("test_reproduce.py",)
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    items.sort(key=lambda item: item.path.name not in HEAVY_FILES)  # stable: the order within each part is kept

@@ -102,7 +102,8 @@ def test_a_restored_checkpoint_keeps_exactly_the_lines_it_had_seen(tmp_path) -> 
 
 @pytest.mark.parametrize("args,lines,sig", [
     (["task=train_mnist", *SMOKE, "lower_solver.num_steps=12"], 0, signal.SIGKILL),  # before any line
-    (TINY_B, 2, signal.SIGTERM),
+    # slow: test_sigint_stops_with_one_line_and_exit_130 covers the signal path, test_kill_anywhere every pair's resume
+    pytest.param(TINY_B, 2, signal.SIGTERM, marks=pytest.mark.slow),
 ], ids=["train_mnist killed before its first line", "zeroth_order stopped by SIGTERM"])
 def test_a_stopped_run_resumes_to_the_lines_of_an_uninterrupted_one(tmp_path, args, lines, sig) -> None:
     straight, stopped = tmp_path / "straight", tmp_path / "stopped"

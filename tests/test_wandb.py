@@ -24,6 +24,7 @@ def _every_row_is_in_wandb(job: Path) -> dict[int, dict]:
     return expected
 
 
+@pytest.mark.slow  # the two-job search multirun below checks every row of two runs in the fast suite
 def test_a_finetune_gaussian_run_keeps_every_row(tmp_path, smoke_args) -> None:
     result = run_cli("task=finetune_gaussian", *smoke_args, "logger=wandb", f"hydra.run.dir={tmp_path}")
     assert result.returncode == 0, result.stderr[-2000:]
