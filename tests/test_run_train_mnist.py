@@ -25,6 +25,7 @@ def test_smoke_run_writes_the_run_contract(tmp_path, smoke_args) -> None:
     assert [row["step"] for row in read_jsonl(tmp_path / "metrics.jsonl") if "loss" in row] == [2, 4, 6]
 
 
+@pytest.mark.slow  # fast-suite time; kill + resume stays in the fast suite through test_resume and test_run_directory
 def test_resume_after_sigkill_gives_the_numbers_of_an_uninterrupted_run(tmp_path, smoke_args) -> None:
     args = [*smoke_args, "lower_solver.num_steps=40", "task.checkpoint_every=10", "task.log_every=5"]
     straight = tmp_path / "straight"
