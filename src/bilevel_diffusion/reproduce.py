@@ -143,18 +143,17 @@ def plan_commands(plan: Plan, runs_dir: Path, extra: Sequence[str] = (), jobs: i
     each method is its own multirun and the longest go first (by :meth:`Plan.job_minutes`), so that the workers end
     close together. They depend on nothing but the plan (no method's budget comes from another's run), so they run
     in any order."""
-    units: list[tuple[float, Comparison, list[str]]] = []
+    units: list[tuple[Comparison, list[str]]] = []
     for c in plan.comparisons:
         groups: dict[tuple[str, ...], list[str]] = {}
         for method in c.methods:
             key = tuple(c.method_overrides.get(method, [])) if jobs == 1 else (method,)
             groups.setdefault(key, []).append(method)
-        units += [(sum(plan.job_minutes(c, m, runs_dir)[0] for m in group) * len(plan.seeds_of(c)), c, group)
-                  for group in groups.values()]
-    if jobs > 1:
-        units.sort(key=lambda unit: -unit[0])
+        units += [(c, group) for group in groups.values()]
+    if jobs > 1:  # one method per unit: the longest first
+        units.sort(key=lambda unit: -plan.job_minutes(unit[0], unit[1][0], runs_dir)[0] * len(plan.seeds_of(unit[0])))
     return {f"{c.name}.{'+'.join(group)}": multirun_command(c, group, plan.seeds_of(c), runs_dir, extra)
-            for _, c, group in units}
+            for c, group in units}
 
 
 def describe_comparisons(plan: Plan, runs_dir: Path) -> None:
