@@ -186,20 +186,22 @@ def test_smoke_testbed_bilevel_run_logs_its_diagnostics(smoke) -> None:
     assert fingerprint["upper_estimator.gamma"] == 100.0 and (run_dir / "samples.png").is_file()
 
 
-def test_smoke_searches_measure_every_trial_and_their_answer_is_the_reported_one(smoke) -> None:
-    """Each trial carries its evaluation-noise measurement and its own compute; the chosen trial's measurement is
-    the run's reported objective (same point, same noise), so the anytime curve ends where the table row is."""
+def test_smoke_searches_measure_their_answers_and_the_last_is_the_reported_one(smoke) -> None:
+    """Each trial that became the answer so far carries its evaluation-noise measurement, every trial its own
+    compute; the chosen trial's measurement is the run's reported objective (same point, same noise), so the anytime
+    curve ends where the table row is."""
     for comparison in ("scenario_b_testbed", "finetune_mnist"):
         for method in ("random", "bayesian"):
             run_dir = smoke / "runs" / comparison / method / "seed_0"
             trials = [row for row in read_jsonl(run_dir / "metrics.jsonl") if "trial" in row]
             summary = json.loads((run_dir / "summary.json").read_text())
-            assert len(trials) == 2 and all(math.isfinite(t["report_objective"]) for t in trials)
+            assert len(trials) == 2 and math.isfinite(trials[0]["report_objective"])
+            assert ("report_objective" in trials[1]) == (trials[1]["objective"] < trials[0]["objective"])
             assert all(0 < a["search_s"] < b["search_s"] and a["search_cost"] < b["search_cost"]
                        for a, b in zip(trials, trials[1:]))
             chosen = min(trials, key=lambda t: t["objective"])
             assert chosen["report_objective"] == pytest.approx(summary["objective"], rel=1e-5), (comparison, method)
-            assert trials[-1]["search_s"] < summary["wall_clock_s"] - sum(t["report_s"] for t in trials) + 1e-6
+            assert trials[-1]["search_s"] < summary["wall_clock_s"] - sum(t.get("report_s", 0) for t in trials) + 1e-6
 
 
 def test_resuming_a_finished_job_runs_nothing_and_keeps_its_results(smoke) -> None:

@@ -41,6 +41,21 @@ def test_the_answer_follows_selection_and_its_quality_is_the_reported_value(tmp_
     assert point.compute == {"wall_clock_s": [50.0], "sampler_cost": [10_000.0]} and not point.searched
 
 
+def test_only_the_answers_need_a_measurement(tmp_path) -> None:
+    """Searches measure only the trials that became the answer so far: a trace reads those; an answer without its
+    measurement is an error, never a silently wrong curve."""
+    _finished(tmp_path, "random", 0, SEARCH, objective=25.0, wall_clock_s=130.0)
+    path = tmp_path / "random" / "seed_0" / "metrics.jsonl"
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    del rows[3]["report_objective"]  # trial 3 never became the answer
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert run_trace(path.parent).objective == [31.0, 34.0, 25.0, 25.0]
+    del rows[2]["report_objective"]  # trial 2 did
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(ValueError, match="trial 2 became the search's answer"):
+        run_trace(path.parent)
+
+
 def test_equal_compute_and_compute_to_match_per_seed_with_unreached_seeds_kept(tmp_path) -> None:
     for seed in (0, 1):
         _finished(tmp_path, "bayesian", seed, SEARCH, objective=25.0, wall_clock_s=130.0)

@@ -19,6 +19,12 @@ class GaussianGrid(ImageData):
     centres: torch.Tensor = None  # type: ignore[assignment]
     std: float = 0.0
 
+    def batch(self, batch_size: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """A random training batch drawn with replacement (a permutation of all 50,000 points per step took ~15%
+        of a testbed training step; a batch of 256 repeats a point with probability ~0.5)."""
+        idx = torch.randint(0, self.train_x.shape[0], (batch_size,), generator=generator)
+        return self.train_x[idx], self.train_y[idx]
+
 
 def grid_centres(modes_per_side: int, extent: float) -> torch.Tensor:
     """The ``modes_per_side**2`` centres on the square grid over ``[-extent, extent]^2``, row by row."""

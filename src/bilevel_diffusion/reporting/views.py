@@ -3,7 +3,8 @@
 Every method runs at its own budget. A search's trial ``k`` is one line of its ``metrics.jsonl`` with
 
 - ``objective``: the trial's *selection* value (trial noise; what the search ranks on), lower is better;
-- ``report_objective``: the same point on the *evaluation* noise (``report_trials``; never used to select);
+- ``report_objective``: the same point on the *evaluation* noise (``report_trials``; never used to select), on
+  the trials that became the search's answer so far (the answer after any other trial is an earlier one);
 - ``search_s`` / ``search_cost``: the search's cumulative wall clock (without those measurements) and sampler cost.
 
 After trial ``k`` the search's answer is the trial with the lowest selection value so far, and its quality is that
@@ -87,15 +88,14 @@ def run_trace(run_dir: Path) -> Trace:
     if not trials:
         return Trace(method, seed, {"wall_clock_s": [float(summary["wall_clock_s"])],
                                     "sampler_cost": [_method_cost(summary)]}, [final], final, False)
-    missing = [row["trial"] for row in trials if "report_objective" not in row]
-    if missing:
-        raise ValueError(f"{run_dir}: trials {missing} carry no report_objective (run with "
-                         f"upper_estimator.report_trials=true for anytime curves)")
     chosen: Mapping[str, Any] | None = None
     objective = []
     for row in trials:
         if math.isfinite(row["objective"]) and (chosen is None or row["objective"] < chosen["objective"]):
             chosen = row
+            if "report_objective" not in row:
+                raise ValueError(f"{run_dir}: trial {row['trial']} became the search's answer but carries no "
+                                 f"report_objective (run with upper_estimator.report_trials=true for anytime curves)")
         objective.append(float(chosen["report_objective"]) if chosen is not None else math.inf)
     compute = {"wall_clock_s": [float(row["search_s"]) for row in trials],
                "sampler_cost": [float(row["search_cost"]) for row in trials]}

@@ -27,11 +27,13 @@ trial), ``result.trials`` (every evaluated trial, in order) and ``result.sampler
   at steps >= the number of finished trials are dropped, so log the task's own lines after the search at steps
   ``>= len(result.trials)``.
 - A non-finite objective is told to optuna as a failed trial (the record is kept and logged).
-- Anytime measurement (``report_trials``, default on; docs/results.md, derived views): after each trial its point
-  is also evaluated on the evaluation noise (``report_objective`` and the other ``report_*`` keys of the trial's
-  line). Those values never reach the sampler or the choice of the best trial; their time (``report_s``) is left out
-  of the search's own compute: ``search_s`` is the search's cumulative wall clock without the measurements,
-  ``search_cost`` its cumulative ``sampler_cost``.
+- Anytime measurement (``report_trials``, default on; docs/results.md, derived views): after each trial that
+  becomes the search's answer so far (a finite objective below every earlier one) its point is also evaluated on the
+  evaluation noise (``report_objective`` and the other ``report_*`` keys of the trial's line); the answer after any
+  other trial is an earlier, already measured one, so measuring it too would change no curve. Those values never
+  reach the sampler or the choice of the best trial; their time (``report_s``) is left out of the search's own
+  compute: ``search_s`` is the search's cumulative wall clock without the measurements, ``search_cost`` its
+  cumulative ``sampler_cost``.
 """
 
 from __future__ import annotations
@@ -149,7 +151,8 @@ class SearchEstimator(UpperEstimator):
     def search(self, space: SearchSpace, evaluate: Evaluate, ctx: RunContext,
                report: Evaluate | None = None) -> SearchResult:
         """Minimise ``evaluate(params)["objective"]`` over ``space`` within the budget; ``report(params)`` (when
-        given) measures each trial on the evaluation noise after it ran, for the anytime curves only.
+        given) measures each trial that becomes the answer so far on the evaluation noise after it ran, for the
+        anytime curves only.
 
         With ``hardware=ddp`` rank 0 owns the study and sends each trial's parameters to the other ranks, which
         evaluate them with it (data-parallel) and receive the result at the end.
@@ -158,8 +161,9 @@ class SearchEstimator(UpperEstimator):
         if not distributed.is_main():
             while (params := distributed.broadcast(None)) is not None:
                 evaluate(params)
-                if report is not None:
+                if report is not None and distributed.broadcast(None):  # rank 0 says whether it is measured
                     report(params)
+                stopping.raise_if_requested("after a search trial")  # a collective: rank 0 asks it after each trial
             return distributed.broadcast(None)
         result = self._lead(space, evaluate, ctx, report)
         distributed.broadcast(None)
@@ -192,6 +196,7 @@ class SearchEstimator(UpperEstimator):
         mark = ctx.recorder.wall_clock()  # the search's own compute runs from here (without measurements)
         search_s = float(trials[-1].result.get("search_s", 0.0)) if trials else mark - start_wall
         search_cost = int(trials[-1].result.get("search_cost", 0)) if trials else 0
+        best_so_far = min((t.objective for t in trials if math.isfinite(t.objective)), default=math.inf)
         while len(trials) < budget and not self._out_of_time(ctx, start_wall, len(trials)):
             study.sampler = self.make_sampler(space, len(trials))
             with torch.random.fork_rng(devices=[]):  # GPSampler's optimiser draws from torch's global generator
@@ -205,7 +210,10 @@ class SearchEstimator(UpperEstimator):
             search_s, mark = search_s + now - mark, now
             search_cost += int(result.get("sampler_cost", result["sampler_nfe"]))
             result.update(search_s=search_s, search_cost=search_cost)
-            if report is not None:
+            objective = float(result["objective"])
+            answer = math.isfinite(objective) and objective < best_so_far
+            best_so_far = objective if answer else best_so_far
+            if report is not None and distributed.broadcast(answer):
                 measured = report(params)
                 mark = ctx.recorder.wall_clock()
                 result.update({f"report_{k}": v for k, v in _scalars(measured).items()}, report_s=mark - now)
