@@ -99,6 +99,25 @@ def test_method_overrides_go_to_their_method_only_and_must_name_a_method(tmp_pat
                    method_overrides={"bayesian": ["upper_estimator.n_trials=3"]})
 
 
+def test_several_jobs_at_a_time_start_the_longest_methods_first(tmp_path) -> None:
+    """Per-method planning minutes order the multiruns (longest first) until runs have finished; then the measured
+    minutes do. A per-method table must name every method."""
+    minutes = {"closed_form": 1.0, "grid": 0.5, "random": 9.0, "bayesian": 7.0}
+    comparison = Comparison(name="a", task="finetune_gaussian", bilevel="closed_form",
+                            baselines=["grid", "random", "bayesian"], minutes_per_job=minutes)
+    plan = load_plan("smoke")
+    plan.comparisons = [comparison]
+    assert list(plan_commands(plan, tmp_path, jobs=2)) == ["a.random", "a.bayesian", "a.closed_form", "a.grid"]
+    assert plan.estimate_minutes(tmp_path) == pytest.approx(17.5 * len(plan.seeds))
+    finished = tmp_path / "a" / "grid" / "seed_0"
+    finished.mkdir(parents=True)
+    (finished / "summary.json").write_text(json.dumps({"wall_clock_s": 600.0}))  # 10 min measured
+    assert list(plan_commands(plan, tmp_path, jobs=2))[0] == "a.grid"
+    with pytest.raises(ConfigError, match="minutes_per_job must name every method"):
+        Comparison(name="a", task="finetune_gaussian", bilevel="closed_form", baselines=["grid"],
+                   minutes_per_job={"closed_form": 1.0})
+
+
 def test_unknown_mode_and_full_plan_print_one_clear_line() -> None:
     bad = _reproduce("--mode", "nope", "--plan-only")
     assert bad.returncode != 0 and "MODE must be one of" in bad.stderr and "Traceback" not in bad.stderr

@@ -18,7 +18,7 @@ import os
 import statistics
 import subprocess
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Mapping, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,7 +43,9 @@ class Comparison:
     experiment: str | None = None
     overrides: list[str] = field(default_factory=list)
     method_overrides: dict[str, list[str]] = field(default_factory=dict)  # per method, on top of ``overrides``
-    minutes_per_job: float = 1.0  # planning estimate for the printed plan, where no job of the method has finished
+    # planning estimate per job (one number, or one per method) where no job of the method has finished: the printed
+    # plan and, with several jobs at a time, which multiruns go first
+    minutes_per_job: float | dict[str, float] = 1.0
     seeds: list[int] | None = None  # this comparison's seeds (None: the plan's)
     match_tolerance: float = 0.0  # compute-to-match: a method matches a quality within this (objective units)
 
@@ -52,6 +54,15 @@ class Comparison:
         if unknown:
             raise ConfigError(f"comparison {self.name}: method_overrides names {unknown}, which it does not run "
                               f"(methods: {self.methods})")
+        if isinstance(self.minutes_per_job, Mapping) and set(self.minutes_per_job) != set(self.methods):
+            raise ConfigError(f"comparison {self.name}: minutes_per_job must name every method it runs "
+                              f"({self.methods}), got {sorted(self.minutes_per_job)}")
+
+    def planned_minutes(self, method: str) -> float:
+        """The plan's minutes per job of ``method``."""
+        if isinstance(self.minutes_per_job, Mapping):
+            return float(self.minutes_per_job[method])
+        return float(self.minutes_per_job)
 
     @property
     def methods(self) -> list[str]:
@@ -81,7 +92,7 @@ class Plan:
                     for p in (runs_dir / comparison.name / method).glob("seed_*/summary.json")]
             if done:
                 return statistics.fmean(done) / 60, True
-        return comparison.minutes_per_job, False
+        return comparison.planned_minutes(method), False
 
     def estimate_minutes(self, runs_dir: Path | None = None) -> float:
         """Total minutes of every job of the plan, one at a time (measured per-job times where they exist)."""
