@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 
 import pytest
 import torch
@@ -135,7 +136,7 @@ def test_sigint_stops_with_one_line_and_exit_130(tmp_path) -> None:
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                              env={**os.environ, "OMP_NUM_THREADS": "1"})
     while child.poll() is None and not (run_dir / "checkpoints" / "last.pt").exists():
-        pass
+        time.sleep(0.02)  # not a busy loop: it would take a core from the child and the other worker
     child.send_signal(signal.SIGINT)
     _, stderr = child.communicate(timeout=120)
     assert child.returncode == 130
