@@ -42,17 +42,11 @@ def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
 def run_in_process(*args: str) -> tuple[int, str]:
     """``python run.py ARGS`` in this process (same code path, the heavy imports paid once; faults can be injected
     with ``monkeypatch``); returns (exit status, stderr)."""
+    from bilevel_diffusion.reproduce import run_in_process as run_here
+
     stderr = io.StringIO()
-    argv = sys.argv
-    sys.argv = [str(ROOT / "run.py"), *args]
-    code = 0
-    try:
-        with contextlib.redirect_stderr(stderr):
-            runpy.run_path(str(ROOT / "run.py"), run_name="__main__")
-    except SystemExit as stop:
-        code = stop.code if isinstance(stop.code, int) else 1
-    finally:
-        sys.argv = argv
+    with contextlib.redirect_stderr(stderr):
+        code = run_here(args)
     return code, stderr.getvalue()
 
 

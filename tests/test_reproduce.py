@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import subprocess
 import sys
 
@@ -14,7 +15,7 @@ from hydra.utils import instantiate
 
 from bilevel_diffusion.errors import ConfigError
 from bilevel_diffusion.reproduce import Comparison, load_plan, plan_commands, run_plan
-from conftest import ROOT, assert_run_contract, compose, read_jsonl, run_cli
+from conftest import ROOT, assert_run_contract, compose, read_jsonl, run_in_process
 
 MODES = ("smoke", "quick", "full")
 
@@ -116,6 +117,30 @@ def test_several_jobs_at_a_time_start_the_longest_methods_first(tmp_path) -> Non
     with pytest.raises(ConfigError, match="minutes_per_job must name every method"):
         Comparison(name="a", task="finetune_gaussian", bilevel="closed_form", baselines=["grid"],
                    minutes_per_job={"closed_form": 1.0})
+
+
+def test_one_job_at_a_time_runs_in_this_process_past_failures_and_a_stop_ends_the_plan(tmp_path, monkeypatch) -> None:
+    """``--jobs 1`` runs every multirun through ``run.py`` in this process: a failed one does not keep the others
+    from running (the error names it afterwards); one stopped by a signal (130 / 143) ends the plan at once."""
+    from bilevel_diffusion import reproduce
+
+    plan = load_plan("smoke")
+    labels = list(plan_commands(plan, tmp_path))
+    calls: list[list[str]] = []
+
+    def first_exits_with(status: int) -> None:
+        calls.clear()
+        monkeypatch.setattr(reproduce, "run_in_process", lambda args: calls.append(list(args)) or (
+            status if len(calls) == 1 else 0))
+
+    first_exits_with(1)
+    with pytest.raises(RuntimeError, match=re.escape(f"1 of {len(labels)} multiruns failed ({labels[0]})")):
+        run_plan(plan, tmp_path)
+    assert len(calls) == len(labels) > 1 and all(args[0] == "-m" for args in calls)
+    first_exits_with(143)
+    with pytest.raises(SystemExit) as stop:
+        run_plan(plan, tmp_path)
+    assert stop.value.code == 143 and len(calls) == 1
 
 
 def test_unknown_mode_and_full_plan_print_one_clear_line() -> None:
@@ -223,12 +248,11 @@ def test_smoke_searches_measure_their_answers_and_the_last_is_the_reported_one(s
             assert trials[-1]["search_s"] < summary["wall_clock_s"] - sum(t.get("report_s", 0) for t in trials) + 1e-6
 
 
-def test_resuming_a_finished_job_runs_nothing_and_keeps_its_results(smoke) -> None:
+def test_resuming_a_finished_job_runs_nothing_and_keeps_its_results(smoke, capsys) -> None:
     run_dir = smoke / "runs" / "finetune_mnist" / "grid" / "seed_0"
     before = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()}
-    result = run_cli("task=finetune_mnist", "experiment=smoke", "upper_estimator=grid", "upper_estimator.num_points=3",
-                     "resume=true",
-                     f"hydra.run.dir={run_dir}")
-    assert result.returncode == 0 and "nothing to resume" in result.stdout
+    code, _ = run_in_process("task=finetune_mnist", "experiment=smoke", "upper_estimator=grid",
+                             "upper_estimator.num_points=3", "resume=true", f"hydra.run.dir={run_dir}")
+    assert code == 0 and "nothing to resume" in capsys.readouterr().out
     after = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()}
     assert {k: v for k, v in after.items() if k != "run.log"} == {k: v for k, v in before.items() if k != "run.log"}

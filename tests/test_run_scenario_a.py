@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from conftest import run_cli
+from conftest import run_cli, run_in_process
 
 
 @pytest.mark.slow
@@ -24,9 +24,9 @@ def test_finetune_gaussian_lands_within_5_percent_of_lambda_star(tmp_path, overr
 def test_the_sampler_difference_loop_lands_on_lambda_star_of_the_oracle(tmp_path) -> None:
     """On the Gaussian oracle the guided sampler carries the exact tilt, so the derivative of its own output points
     at lambda*; within 5% (the trial noise's 1,024 samples locate lambda* to a few percent), float32 as users run it."""
-    result = run_cli("task=finetune_gaussian", "hardware=cpu", "upper_estimator=sampler_difference",
-                     "lower_solver.num_steps=25", f"hydra.run.dir={tmp_path}")  # exact in float32 at 25 steps too
-    assert result.returncode == 0, result.stderr[-2000:]
+    code, stderr = run_in_process("task=finetune_gaussian", "hardware=cpu", "upper_estimator=sampler_difference",
+                                  "lower_solver.num_steps=25", f"hydra.run.dir={tmp_path}")  # exact in float32 too
+    assert code == 0, stderr[-2000:]
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["lambda"] == pytest.approx(summary["lambda_star"], rel=0.05)
     steps = [row for row in map(json.loads, (tmp_path / "metrics.jsonl").read_text().splitlines()) if "hypergrad" in row]

@@ -10,12 +10,12 @@ import time
 
 import pytest
 
-from conftest import ROOT, assert_run_contract, read_jsonl, run_cli, wandb_history, wandb_records
+from conftest import ROOT, assert_run_contract, read_jsonl, run_cli, run_in_process, wandb_history, wandb_records
 
 
 def test_smoke_run_writes_the_run_contract(tmp_path, smoke_args) -> None:
-    result = run_cli("task=train_mnist", *smoke_args, f"hydra.run.dir={tmp_path}")
-    assert result.returncode == 0, result.stderr[-2000:]
+    code, stderr = run_in_process("task=train_mnist", *smoke_args, f"hydra.run.dir={tmp_path}")
+    assert code == 0, stderr[-2000:]
     summary = assert_run_contract(tmp_path, "train_mnist", "fixed")
     assert summary["fid"] > 0 and summary["is"] >= 1.0 and summary["objective"] == summary["fid"]
     assert summary["sampler_nfe"] == 32 * 3
@@ -94,10 +94,10 @@ def test_multirun_sweep_logs_one_wandb_run_per_job(tmp_path, smoke_args) -> None
 def test_diverging_run_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_path, smoke_args) -> None:
     import torch
 
-    result = run_cli(*smoke_args, "lower_solver.lr=1e30", "lower_solver.pct_start=0.01", "task.checkpoint_every=1",
-                     f"hydra.run.dir={tmp_path}")
-    assert result.returncode == 3, result.stderr[-2000:]
-    last = result.stderr.strip().splitlines()[-1]
+    code, stderr = run_in_process(*smoke_args, "lower_solver.lr=1e30", "lower_solver.pct_start=0.01",
+                                  "task.checkpoint_every=1", f"hydra.run.dir={tmp_path}")
+    assert code == 3, stderr[-2000:]
+    last = stderr.strip().splitlines()[-1]
     assert last.startswith("error: non-finite score-matching") and "at step" in last
     bad_step = int(last.split("at step ")[1].split(";")[0])
     state = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=False)

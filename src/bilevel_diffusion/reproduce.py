@@ -4,8 +4,9 @@ A plan (``configs/reproduce_MODE.yaml``) lists *comparisons*: a task, an experim
 its baselines, run for every seed of the plan. A comparison is a few multiruns of ``run.py`` (:func:`plan_commands`),
 each method with its ``method_overrides`` in the plan (e.g. a search's trial count). Every method runs at its *own*
 budget (the searches their configured trials, as the paper ran them), never one derived from another method's run:
-the multiruns are independent, so ``--jobs N`` runs N of them at once. Equal-compute and compute-to-match views are
-derived afterwards from the stored trials (:mod:`bilevel_diffusion.reporting.views`).
+the multiruns are independent, so ``--jobs N`` runs N of them at once (each in its own process); one at a time they
+run in this process, which imports torch and diffusers once instead of once per multirun. Equal-compute and
+compute-to-match views are derived afterwards from the stored trials (:mod:`bilevel_diffusion.reporting.views`).
 
 Every job writes the run contract (docs/usage.md) into ``RUNS/<comparison>/<method>/seed_<seed>`` and runs with
 ``resume=true``: a stopped reproduce continues where it stopped, and a finished job is not run again.
@@ -13,8 +14,10 @@ Every job writes the run contract (docs/usage.md) into ``RUNS/<comparison>/<meth
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import runpy
 import statistics
 import subprocess
 import sys
@@ -179,27 +182,58 @@ def describe_comparisons(plan: Plan, runs_dir: Path) -> None:
 
 def run_plan(plan: Plan, runs_dir: Path, extra: Sequence[str] = (), jobs: int = 1,
              runner: Callable[[str, list[str]], None] | None = None) -> None:
-    """Run :func:`plan_commands`, ``jobs`` multiruns at a time; with ``jobs > 1`` each gets ``hardware.num_threads``
-    = CPUs / ``jobs`` (unless ``extra`` sets it) and writes its output to ``runs_dir/logs/<label>.log``. Raises
-    after all ran if any failed (rerun to resume them)."""
+    """Run :func:`plan_commands`: with ``jobs == 1`` one after another in this process (:func:`run_in_process`);
+    with more, ``jobs`` processes at a time, each with ``hardware.num_threads`` = CPUs / ``jobs`` (unless ``extra``
+    sets it) and its output in ``runs_dir/logs/<label>.log``. Raises after all ran if any failed (rerun to resume
+    them); a multirun stopped by SIGINT / SIGTERM ends the plan at once with its exit status."""
     if jobs > 1 and not any(o.lstrip("+").startswith("hardware.num_threads=") for o in extra):
         extra = [*extra, f"++hardware.num_threads={max(1, (os.cpu_count() or 1) // jobs)}"]
     describe_comparisons(plan, runs_dir)
     commands = plan_commands(plan, runs_dir, extra, jobs)
-    runner = runner or (lambda label, command: _run(command, runs_dir / "logs" / f"{label}.log" if jobs > 1 else None))
-    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-        futures = {label: pool.submit(runner, label, command) for label, command in commands.items()}
-        failed = {label: f.exception() for label, f in futures.items() if f.exception() is not None}
+    failed: dict[str, BaseException] = {}
+    if jobs == 1:  # in the main thread: a run installs its signal handlers
+        for label, command in commands.items():
+            try:
+                (runner or _run_here)(label, command)
+            except Exception as err:  # noqa: BLE001 (reported below, after the other multiruns ran)
+                failed[label] = err
+    else:
+        runner = runner or (lambda label, command: _run(command, runs_dir / "logs" / f"{label}.log"))
+        with ThreadPoolExecutor(max_workers=jobs) as pool:
+            futures = {label: pool.submit(runner, label, command) for label, command in commands.items()}
+            failed = {label: f.exception() for label, f in futures.items() if f.exception() is not None}
     if failed:
         raise RuntimeError(f"{len(failed)} of {len(commands)} multiruns failed ({', '.join(failed)}); rerun to "
                            f"resume them") from next(iter(failed.values()))
 
 
-def _run(command: list[str], log: Path | None) -> None:
-    """One multirun, its output to the terminal or appended to ``log``."""
-    if log is None:
-        subprocess.run(command, cwd=ROOT, check=True)
-        return
+def run_in_process(arguments: Sequence[str]) -> int:
+    """``python run.py ARGUMENTS`` in this process, from the repository root (the same code path; torch and
+    diffusers, once imported, are not imported again); returns its exit status. Hydra runs a multirun's jobs one
+    after another in one process in the same way."""
+    argv = sys.argv
+    sys.argv = [str(ROOT / "run.py"), *arguments]
+    try:
+        with contextlib.chdir(ROOT):
+            runpy.run_path(str(ROOT / "run.py"), run_name="__main__")
+    except SystemExit as stop:
+        return stop.code if isinstance(stop.code, int) else 0 if stop.code is None else 1
+    finally:
+        sys.argv = argv
+    return 0
+
+
+def _run_here(label: str, command: list[str]) -> None:
+    """One multirun of :func:`plan_commands` in this process; a stopped one (exit 130 / 143) ends the plan."""
+    status = run_in_process(command[2:])  # [python, run.py, arguments...]
+    if status in (130, 143):
+        raise SystemExit(status)
+    if status:
+        raise subprocess.CalledProcessError(status, command)
+
+
+def _run(command: list[str], log: Path) -> None:
+    """One multirun in a process of its own, its output appended to ``log``."""
     log.parent.mkdir(parents=True, exist_ok=True)
     sys.stdout.write(f"started: {log.stem} (output: {log})\n")  # one write: jobs print from several threads
     sys.stdout.flush()
