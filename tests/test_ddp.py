@@ -90,8 +90,10 @@ def run_one(case: str, run_dir: Path) -> None:
     assert code == 0, stderr[-2000:]
 
 
-# train_mnist's score-matching loop under DDP also runs inside noise_schedule_mnist's case: slow (fast-suite time)
-@pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.slow) if c == "train_mnist" else c for c in CASES])
+# slow (fast-suite time): train_mnist's score-matching loop under DDP also runs inside noise_schedule_mnist's case, and
+# finetune_gaussian's sharded guided sampling and gather inside the search case's trials
+@pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.slow) if c in ("train_mnist", "finetune_gaussian")
+                                  else c for c in CASES])
 def test_two_gloo_ranks_give_the_numbers_of_one_process(tmp_path, case) -> None:
     run_one(case, tmp_path / "one")
     ranks = launched_ranks(2, *CASES[case], *SMOKE, "hardware=ddp", f"hydra.run.dir={tmp_path / 'two'}")

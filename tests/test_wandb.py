@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import assert_run_contract, read_jsonl, run_cli, wandb_history
+from conftest import assert_run_contract, read_jsonl, run_cli, run_in_process, wandb_history
 
 
 def _every_row_is_in_wandb(job: Path) -> dict[int, dict]:
@@ -34,9 +34,9 @@ def test_a_finetune_gaussian_run_keeps_every_row(tmp_path, smoke_args) -> None:
 
 
 def test_a_two_job_search_multirun_keeps_every_trial_row(tmp_path, smoke_args) -> None:
-    result = run_cli("-m", "task=finetune_gaussian", *smoke_args, "logger=wandb", "upper_estimator=grid,random",
-                     "++upper_estimator.n_trials=3", f"hydra.sweep.dir={tmp_path}")
-    assert result.returncode == 0, result.stderr[-2000:]
+    code, stderr = run_in_process("-m", "task=finetune_gaussian", *smoke_args, "logger=wandb",
+                                  "upper_estimator=grid,random", "++upper_estimator.n_trials=3", f"hydra.sweep.dir={tmp_path}")
+    assert code == 0, stderr[-2000:]
     for job, method in (("0", "grid"), ("1", "random")):
         assert_run_contract(tmp_path / job, "finetune_gaussian", method)
         rows = _every_row_is_in_wandb(tmp_path / job)
