@@ -17,13 +17,13 @@ from omegaconf import OmegaConf
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from bilevel_diffusion.reporting.results import write_results  # noqa: E402
-
 
 def aggregate(run_root: Path, out: Path) -> None:
     """Write and list the tables and figures of every finished run below ``run_root``."""
     if not run_root.is_dir():
         sys.exit(f"error: {run_root} is not a folder of runs")
+    from bilevel_diffusion.reporting.results import write_results  # heavy (torch, matplotlib): after the check
+
     paper = OmegaConf.to_container(OmegaConf.load(ROOT / "configs" / "paper_numbers.yaml"))
     tables, figures = write_results(run_root, out, {**paper.get("table1", {}), **paper.get("table2", {})})
     for name, rows in tables.items():

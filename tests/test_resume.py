@@ -46,8 +46,10 @@ def _log(run_dir: Path) -> list[dict]:
     return [{k: v for k, v in row.items() if k != "wall_clock_s"} for row in read_jsonl(run_dir / "metrics.jsonl")]
 
 
-@pytest.mark.parametrize("method", [pytest.param("closed_form"), pytest.param("weighted_sum"),
-                                    pytest.param("grid", marks=pytest.mark.slow)])  # searches: also test_search.py
+# slow (fast-suite time): grid (searches resume in test_search.py), weighted_sum (killed at its start, like
+# test_run_directory's train_mnist case)
+@pytest.mark.parametrize("method", [pytest.param("closed_form"), pytest.param("weighted_sum", marks=pytest.mark.slow),
+                                    pytest.param("grid", marks=pytest.mark.slow)])
 def test_a_killed_scenario_a_run_resumes_to_the_numbers_of_an_uninterrupted_run(tmp_path, method) -> None:
     extra, ready = CASES[method]
     straight, stopped = tmp_path / "straight", tmp_path / "stopped"
