@@ -2,6 +2,7 @@
 (``bilevel_diffusion.pretrained_mnist.RECIPE``), evaluate it and write its weights, card and sample grid.
 
     python scripts/pretrain_mnist.py [--work-dir outputs/pretrain_mnist] [--device cpu|cuda]
+    python scripts/pretrain_mnist.py --recipe wide   # a candidate: outputs/pretrain_mnist_wide/, assets untouched
 
 Resumable: rerun the same command after a stop (checkpoints every 250 steps in --work-dir). See
 docs/pretrained_mnist.md.
@@ -13,7 +14,6 @@ import argparse
 import json
 import platform
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -21,7 +21,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from bilevel_diffusion import pretrained_mnist  # noqa: E402
+from bilevel_diffusion import pretrained_mnist, stopping  # noqa: E402
 from bilevel_diffusion.checkpoint import save_cached  # noqa: E402
 from bilevel_diffusion.data.mnist import load_mnist5k  # noqa: E402
 
@@ -32,37 +32,44 @@ CHECK_N, CHECK_STEPS = 200, 20
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--work-dir", default="outputs/pretrain_mnist", help="checkpoints (resumable)")
+    parser.add_argument("--recipe", default="shipped", choices=sorted(pretrained_mnist.RECIPES),
+                        help="shipped: the embedded model's recipe; others are candidates (pretrained_mnist.RECIPES)")
+    parser.add_argument("--work-dir", help="checkpoints, resumable (default outputs/pretrain_mnist[_RECIPE])")
     parser.add_argument("--cache-dir", default="outputs/cache", help="the FID classifier and the parsed digits")
-    parser.add_argument("--out", default=str(pretrained_mnist.WEIGHTS), help="the weights (card beside, .json)")
+    parser.add_argument("--out", help="the weights, card beside (.json), sample grid beside (.png); default: the "
+                                      "embedded model's files for the shipped recipe, WORK_DIR/mnist_eps.safetensors "
+                                      "for a candidate")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
-    recipe, work = pretrained_mnist.RECIPE, Path(args.work_dir)
+    shipped = args.recipe == "shipped"
+    recipe = pretrained_mnist.RECIPES[args.recipe]
+    work = Path(args.work_dir or ("outputs/pretrain_mnist" + ("" if shipped else f"_{args.recipe}")))
+    out = Path(args.out or (pretrained_mnist.WEIGHTS if shipped else work / "mnist_eps.safetensors"))
     data = load_mnist5k(recipe["data"]["heldout_per_class"], recipe["data"]["seed"], args.cache_dir)
-    clock = work / "train_wall_clock_s.json"  # seconds of training, summed over resumed attempts
-    spent = json.loads(clock.read_text())["seconds"] if clock.exists() else 0.0
-    start = time.perf_counter()
-    network = pretrained_mnist.train(data, work, recipe, args.device).cpu()
-    if not (work / "ema.pt").exists():  # this attempt trained: count its time
-        spent += time.perf_counter() - start
-        clock.write_text(json.dumps({"seconds": spent}))
-        torch.save(network.state_dict(), work / "ema.pt")
+    try:
+        with stopping.handling_signals():  # Ctrl-C / SIGTERM: a checkpoint after the current step, then stop
+            network, spent = pretrained_mnist.train(data, work, recipe, args.device)  # seconds over all attempts
+    except stopping.Stopped as stop:
+        sys.exit(f"{stop}; rerun the same command to continue")
+    network = network.cpu()
     print("evaluating (1,000 samples, 50 DDIM steps) ...")
-    report = pretrained_mnist.evaluate(network, data, Path(args.cache_dir), device=args.device)
+    report = pretrained_mnist.evaluate(network, data, Path(args.cache_dir), recipe=recipe, device=args.device)
     samples = report.pop("samples")
     check = pretrained_mnist.evaluate(network, data, Path(args.cache_dir), num_samples=CHECK_N,
-                                      num_inference_steps=CHECK_STEPS, device=args.device)
+                                      num_inference_steps=CHECK_STEPS, recipe=recipe, device=args.device)
     check.pop("samples")
     from torchvision.utils import save_image
 
-    grid = ROOT / "docs" / "figures" / "pretrained_mnist_samples.png"
+    grid = (ROOT / "docs" / "figures" / "pretrained_mnist_samples.png" if out == pretrained_mnist.WEIGHTS
+            else out.with_suffix(".png"))
     grid.parent.mkdir(parents=True, exist_ok=True)
     save_image((samples[:100] + 1) / 2, grid, nrow=10, padding=1)
     card = {"recipe": recipe, "num_parameters": sum(p.numel() for p in network.parameters()),
             "train_wall_clock_s": round(spent, 1), "torch_threads": torch.get_num_threads(),
             "machine": f"{platform.machine()} {platform.processor() or ''}".strip() + f", device {args.device}",
-            "evaluation": report, "check": check, "sample_grid": str(grid.relative_to(ROOT))}
-    digest = save_cached(network.state_dict(), Path(args.out), card)
+            "evaluation": report, "check": check,
+            "sample_grid": str(grid.relative_to(ROOT) if grid.is_relative_to(ROOT) else grid)}
+    digest = save_cached(network.state_dict(), out, card)
     print(json.dumps({**card, "sha256": digest}, indent=1))
 
 

@@ -67,3 +67,40 @@ def test_training_one_remains_an_option_and_the_summary_carries_the_distances_wi
     summary = assert_run_contract(tmp_path, "finetune_mnist", "grid")
     assert summary["pretrained"] == "train" and summary["distance_num_samples"] == 16  # eval.num_samples of smoke
     assert summary["fid_vs_pretrained"] >= 0 and isinstance(summary["kid_vs_pretrained"], float)
+
+
+def test_pretraining_resumes_and_counts_the_time_of_every_attempt(tmp_path, monkeypatch) -> None:
+    """``make pretrain`` runs for hours on a CPU: a rerun after a stop continues from the last checkpoint, and the
+    card's training time is the sum over attempts (a rerun of a finished training adds nothing and changes nothing)."""
+    import signal
+
+    import torch
+
+    from bilevel_diffusion import stopping
+
+    recipe = {**pretrained_mnist.RECIPE, "num_steps": 6, "batch_size": 8,
+              "architecture": {**pretrained_mnist.RECIPE["architecture"], "block_out_channels": [8, 8, 8]}}
+    data = load_mnist5k(**{k: v for k, v in recipe["data"].items() if k != "name"},
+                        cache_dir=ROOT / "outputs" / "cache")
+    straight, seconds = pretrained_mnist.train(data, tmp_path / "a", recipe, checkpoint_every=2)
+    assert seconds > 0 and [row["step"] for row in map(json.loads, (tmp_path / "a" / "metrics.jsonl").open())] == [2, 4, 6]
+    again, seconds_again = pretrained_mnist.train(data, tmp_path / "a", recipe, checkpoint_every=2)
+    assert seconds_again == pytest.approx(seconds, abs=0.5)
+    assert all(torch.equal(a, b) for a, b in zip(straight.state_dict().values(), again.state_dict().values()))
+    monkeypatch.setattr(stopping, "_requested", signal.SIGTERM)  # a stop asked for: checkpoint after step 1, stop
+    with pytest.raises(stopping.Stopped):
+        pretrained_mnist.train(data, tmp_path / "b", recipe, checkpoint_every=2)
+    first = torch.load(tmp_path / "b" / "last.pt", weights_only=False)
+    assert first["step"] == 1 and first["wall_clock_s"] > 0
+    monkeypatch.setattr(stopping, "_requested", None)
+    resumed, total = pretrained_mnist.train(data, tmp_path / "b", recipe, checkpoint_every=2)
+    assert total > first["wall_clock_s"]
+    assert all(torch.equal(a, b) for a, b in zip(straight.state_dict().values(), resumed.state_dict().values()))
+
+
+def test_the_candidate_recipe_changes_only_the_width() -> None:
+    shipped, wide = pretrained_mnist.RECIPES["shipped"], pretrained_mnist.RECIPES["wide"]
+    assert shipped is pretrained_mnist.RECIPE
+    assert {k: v for k, v in wide.items() if k != "architecture"} == {k: v for k, v in shipped.items()
+                                                                       if k != "architecture"}
+    assert wide["architecture"]["block_out_channels"] == [2 * c for c in shipped["architecture"]["block_out_channels"]]
