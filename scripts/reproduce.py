@@ -57,7 +57,11 @@ def main() -> None:
     if args.plan_only:
         return
     start = time.monotonic()
-    run_plan(plan, runs, args.overrides, args.jobs)
+    try:
+        run_plan(plan, runs, args.overrides, args.jobs)
+    except KeyboardInterrupt:  # Ctrl-C between two jobs (inside one, the job stops itself at a safe point: exit 130)
+        print("stopped by SIGINT; rerun the same command to continue (finished jobs are kept)", file=sys.stderr)
+        sys.exit(130)
     print(f"all jobs finished in {(time.monotonic() - start) / 60:.1f} min", flush=True)
     aggregate(runs, results)
 
