@@ -14,6 +14,7 @@ import argparse
 import json
 import platform
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -30,6 +31,29 @@ from bilevel_diffusion.data.mnist import load_mnist5k  # noqa: E402
 CHECK_N, CHECK_STEPS = 200, 20
 
 
+def time_steps(n: int, device: str) -> None:
+    """Seconds per training step of every recipe, measured alternately (A B A B) so that load hits all alike."""
+    from bilevel_diffusion.lower_solvers.score_matching import ScoreMatchingSolver
+
+    print(f"torch threads: {torch.get_num_threads()}, device {device}, {n} steps each")
+    for round_ in range(2):
+        for name, recipe in pretrained_mnist.RECIPES.items():
+            torch.manual_seed(0)
+            network = pretrained_mnist.build_network(recipe).to(device)
+            solver = ScoreMatchingSolver(network, num_steps=int(recipe["num_steps"]),
+                                         batch_size=int(recipe["batch_size"]), lr=float(recipe["lr"]),
+                                         weight_decay=float(recipe["weight_decay"]),
+                                         ema_decay=float(recipe["ema_decay"]))
+            alphas_cumprod = pretrained_mnist.build_schedule(recipe).alphas_cumprod().to(device)
+            generator, x0 = torch.Generator().manual_seed(0), torch.randn(int(recipe["batch_size"]), 1, 28, 28)
+            solver.step(x0.to(device), alphas_cumprod, generator)  # warm-up
+            start = time.perf_counter()
+            for _ in range(n):
+                solver.step(x0.to(device), alphas_cumprod, generator)
+            print(f"round {round_ + 1}: {name:8s} {sum(p.numel() for p in network.parameters()):>9,} weights  "
+                  f"{(time.perf_counter() - start) / n:.2f} s/step", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--recipe", default="shipped", choices=sorted(pretrained_mnist.RECIPES),
@@ -40,7 +64,13 @@ def main() -> None:
                                       "embedded model's files for the shipped recipe, WORK_DIR/mnist_eps.safetensors "
                                       "for a candidate")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--time-steps", type=int, metavar="N",
+                        help="only time N training steps of every recipe (batch as the recipe, two rounds, the recipes "
+                             "alternating) and exit")
     args = parser.parse_args()
+    if args.time_steps:
+        time_steps(args.time_steps, args.device)
+        return
     shipped = args.recipe == "shipped"
     recipe = pretrained_mnist.RECIPES[args.recipe]
     work = Path(args.work_dir or ("outputs/pretrain_mnist" + ("" if shipped else f"_{args.recipe}")))
@@ -50,7 +80,11 @@ def main() -> None:
         with stopping.handling_signals():  # Ctrl-C / SIGTERM: a checkpoint after the current step, then stop
             network, spent = pretrained_mnist.train(data, work, recipe, args.device)  # seconds over all attempts
     except stopping.Stopped as stop:
-        sys.exit(f"{stop}; rerun the same command to continue")
+        print(f"{stop}; rerun the same command to continue", file=sys.stderr)
+        sys.exit(128 + stop.signum)
+    legacy = work / "train_wall_clock_s.json"  # the time of attempts from before checkpoints carried it
+    if legacy.exists():
+        spent += json.loads(legacy.read_text())["seconds"]
     network = network.cpu()
     print("evaluating (1,000 samples, 50 DDIM steps) ...")
     report = pretrained_mnist.evaluate(network, data, Path(args.cache_dir), recipe=recipe, device=args.device)
@@ -60,7 +94,7 @@ def main() -> None:
     check.pop("samples")
     from torchvision.utils import save_image
 
-    grid = (ROOT / "docs" / "figures" / "pretrained_mnist_samples.png" if out == pretrained_mnist.WEIGHTS
+    grid = (ROOT / "docs" / "figures" / "pretrained_mnist_samples.png" if out.resolve() == pretrained_mnist.WEIGHTS
             else out.with_suffix(".png"))
     grid.parent.mkdir(parents=True, exist_ok=True)
     save_image((samples[:100] + 1) / 2, grid, nrow=10, padding=1)

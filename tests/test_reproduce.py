@@ -6,8 +6,11 @@ from __future__ import annotations
 import json
 import math
 import re
+import signal
 import subprocess
 import sys
+import threading
+import time
 
 import pytest
 
@@ -143,6 +146,53 @@ def test_one_job_at_a_time_runs_in_this_process_past_failures_and_a_stop_ends_th
     assert stop.value.code == 143 and len(calls) == 1
 
 
+def test_a_stop_inside_an_in_process_multirun_ends_the_plan_with_its_status(tmp_path) -> None:
+    """The real path: SIGINT while a job runs in this process stops it at a safe point (run.py's exit 130), and
+    the plan starts no further multirun."""
+    comparison = Comparison(name="c", task="finetune_gaussian", experiment="smoke", bilevel="closed_form",
+                            baselines=["weighted_sum"],
+                            method_overrides={"closed_form": ["upper_estimator.num_steps=100000"]})
+    plan = load_plan("smoke")
+    plan.comparisons, plan.seeds = [comparison], [0]
+    assert len(plan_commands(plan, tmp_path)) == 2
+    started = tmp_path / "c" / "closed_form" / "seed_0" / "metrics.jsonl"
+
+    def interrupt_once_running() -> None:
+        deadline = time.monotonic() + 120
+        while not started.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        signal.raise_signal(signal.SIGINT)
+
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        threading.Thread(target=interrupt_once_running, daemon=True).start()
+        with pytest.raises(SystemExit) as stop:
+            run_plan(plan, tmp_path, ["logger=none", "hardware=cpu"])
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert stop.value.code == 130 and started.exists()
+    assert not (tmp_path / "c" / "weighted_sum").exists(), "a multirun started after the stop"
+
+
+def test_ctrl_c_with_several_jobs_at_a_time_starts_no_other_multirun(tmp_path) -> None:
+    plan, started = load_plan("smoke"), []
+
+    def runner(label: str, command: list[str]) -> None:
+        started.append(label)
+        first = len(started) == 1
+        time.sleep(0.3)  # every multirun is queued by now, the main thread waits for the first
+        if first:
+            signal.raise_signal(signal.SIGINT)  # as Ctrl-C: the main thread gets KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run_plan(plan, tmp_path, jobs=2, runner=runner)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert len(started) <= 4 < len(plan_commands(plan, tmp_path, jobs=2))  # the two running, at most one more each
+
+
 def test_unknown_mode_and_full_plan_print_one_clear_line() -> None:
     bad = _reproduce("--mode", "nope", "--plan-only")
     assert bad.returncode != 0 and "MODE must be one of" in bad.stderr and "Traceback" not in bad.stderr
@@ -152,7 +202,7 @@ def test_unknown_mode_and_full_plan_print_one_clear_line() -> None:
 
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory):
-    """``scripts/reproduce.py --mode smoke`` once (about 3 minutes on 2 cores)."""
+    """``scripts/reproduce.py --mode smoke`` once (about a minute on 2 cores)."""
     root = tmp_path_factory.mktemp("reproduce")
     result = _reproduce("--mode", "smoke", "--runs", str(root / "runs"), "--results", str(root / "results"))
     assert result.returncode == 0, result.stderr[-3000:]

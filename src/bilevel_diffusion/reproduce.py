@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import runpy
 import statistics
 import subprocess
 import sys
+import traceback
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -200,8 +202,12 @@ def run_plan(plan: Plan, runs_dir: Path, extra: Sequence[str] = (), jobs: int = 
     else:
         runner = runner or (lambda label, command: _run(command, runs_dir / "logs" / f"{label}.log"))
         with ThreadPoolExecutor(max_workers=jobs) as pool:
-            futures = {label: pool.submit(runner, label, command) for label, command in commands.items()}
-            failed = {label: f.exception() for label, f in futures.items() if f.exception() is not None}
+            try:
+                futures = {label: pool.submit(runner, label, command) for label, command in commands.items()}
+                failed = {label: f.exception() for label, f in futures.items() if f.exception() is not None}
+            except BaseException:  # Ctrl-C: the running multiruns got the signal too; start no other
+                pool.shutdown(wait=False, cancel_futures=True)
+                raise
     if failed:
         raise RuntimeError(f"{len(failed)} of {len(commands)} multiruns failed ({', '.join(failed)}); rerun to "
                            f"resume them") from next(iter(failed.values()))
@@ -211,21 +217,32 @@ def run_in_process(arguments: Sequence[str]) -> int:
     """``python run.py ARGUMENTS`` in this process, from the repository root (the same code path; torch and
     diffusers, once imported, are not imported again); returns its exit status. Hydra runs a multirun's jobs one
     after another in one process in the same way."""
-    argv = sys.argv
+    argv, root = sys.argv, logging.getLogger()
+    handlers, level = root.handlers[:], root.level
     sys.argv = [str(ROOT / "run.py"), *arguments]
     try:
         with contextlib.chdir(ROOT):
             runpy.run_path(str(ROOT / "run.py"), run_name="__main__")
     except SystemExit as stop:
+        if isinstance(stop.code, str):
+            print(stop.code, file=sys.stderr)
         return stop.code if isinstance(stop.code, int) else 0 if stop.code is None else 1
     finally:
         sys.argv = argv
+        for handler in set(root.handlers) - set(handlers):  # Hydra's job logging (run.log) ends with the job
+            handler.close()
+        root.handlers[:] = handlers
+        root.setLevel(level)
     return 0
 
 
 def _run_here(label: str, command: list[str]) -> None:
     """One multirun of :func:`plan_commands` in this process; a stopped one (exit 130 / 143) ends the plan."""
-    status = run_in_process(command[2:])  # [python, run.py, arguments...]
+    try:
+        status = run_in_process(command[2:])  # [python, run.py, arguments...]
+    except Exception:  # noqa: BLE001 (HYDRA_FULL_ERROR=1 re-raises): print it, keep no frame (tensors) alive
+        traceback.print_exc()
+        status = 1
     if status in (130, 143):
         raise SystemExit(status)
     if status:

@@ -16,6 +16,9 @@ from bilevel_diffusion.errors import ConfigError
 from bilevel_diffusion.tracking.recorder import Recorder
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+#: torch's thread count when the process started (OMP_NUM_THREADS or the cores): a job without hardware.num_threads
+#: gets it back after a job with one ran in the same process
+_DEFAULT_THREADS = torch.get_num_threads()
 
 
 def seed_everything(seed: int) -> None:
@@ -42,11 +45,11 @@ def select_device(hardware: DictConfig) -> tuple[torch.device, torch.dtype]:
         raise ConfigError(f"hardware.dtype must be one of {sorted(_DTYPES)} (got {dtype_name!r})")
     device = torch.device(name)
     dtype = _DTYPES[dtype_name] if device.type == "cuda" else torch.float32
-    if hardware.get("deterministic", False):
-        torch.use_deterministic_algorithms(True, warn_only=True)
+    deterministic = bool(hardware.get("deterministic", False))  # set both ways: jobs may share a process (multirun)
+    torch.use_deterministic_algorithms(deterministic, warn_only=deterministic)
+    if deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    if hardware.get("num_threads"):
-        torch.set_num_threads(int(hardware.num_threads))
+    torch.set_num_threads(int(hardware.get("num_threads") or _DEFAULT_THREADS))
     return device, dtype
 
 
