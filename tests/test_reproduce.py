@@ -155,31 +155,35 @@ def test_a_stop_inside_an_in_process_multirun_ends_the_plan_with_its_status(tmp_
     plan = load_plan("smoke")
     plan.comparisons, plan.seeds = [comparison], [0]
     assert len(plan_commands(plan, tmp_path)) == 2
-    started = tmp_path / "c" / "closed_form" / "seed_0" / "metrics.jsonl"
+    started, done = tmp_path / "c" / "closed_form" / "seed_0" / "metrics.jsonl", threading.Event()
 
-    def interrupt_once_running() -> None:
-        deadline = time.monotonic() + 120
-        while not started.exists() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        signal.raise_signal(signal.SIGINT)
+    def interrupt_once_running() -> None:  # never after the test: a stray SIGINT would stop the whole session
+        while not done.wait(0.05):
+            if started.exists():
+                signal.raise_signal(signal.SIGINT)
+                return
 
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    watcher = threading.Thread(target=interrupt_once_running, daemon=True)
     try:
-        threading.Thread(target=interrupt_once_running, daemon=True).start()
+        watcher.start()
         with pytest.raises(SystemExit) as stop:
             run_plan(plan, tmp_path, ["logger=none", "hardware=cpu"])
     finally:
+        done.set()
+        watcher.join()
         signal.signal(signal.SIGINT, previous)
     assert stop.value.code == 130 and started.exists()
     assert not (tmp_path / "c" / "weighted_sum").exists(), "a multirun started after the stop"
 
 
 def test_ctrl_c_with_several_jobs_at_a_time_starts_no_other_multirun(tmp_path) -> None:
-    plan, started = load_plan("smoke"), []
+    plan, started, lock = load_plan("smoke"), [], threading.Lock()
 
     def runner(label: str, command: list[str]) -> None:
-        started.append(label)
-        first = len(started) == 1
+        with lock:
+            started.append(label)
+            first = len(started) == 1
         time.sleep(0.3)  # every multirun is queued by now, the main thread waits for the first
         if first:
             signal.raise_signal(signal.SIGINT)  # as Ctrl-C: the main thread gets KeyboardInterrupt
