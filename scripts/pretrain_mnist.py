@@ -32,25 +32,26 @@ CHECK_N, CHECK_STEPS = 200, 20
 
 
 def time_steps(n: int, device: str) -> None:
-    """Seconds per training step of every recipe, measured alternately (A B A B) so that load hits all alike."""
-    from bilevel_diffusion.lower_solvers.score_matching import ScoreMatchingSolver
-
+    """Seconds per training step of every recipe (and, for one with ``mixed_precision``, of its float32 variant),
+    measured alternately (A B A B) so that load hits all alike."""
     print(f"torch threads: {torch.get_num_threads()}, device {device}, {n} steps each")
+    variants = {}
+    for name, recipe in pretrained_mnist.RECIPES.items():
+        variants[name] = recipe
+        if recipe.get("mixed_precision"):
+            variants[f"{name} (float32)"] = {**recipe, "mixed_precision": None}
     for round_ in range(2):
-        for name, recipe in pretrained_mnist.RECIPES.items():
+        for name, recipe in variants.items():
             torch.manual_seed(0)
             network = pretrained_mnist.build_network(recipe).to(device)
-            solver = ScoreMatchingSolver(network, num_steps=int(recipe["num_steps"]),
-                                         batch_size=int(recipe["batch_size"]), lr=float(recipe["lr"]),
-                                         weight_decay=float(recipe["weight_decay"]),
-                                         ema_decay=float(recipe["ema_decay"]))
+            solver = pretrained_mnist.build_solver(network, recipe)
             alphas_cumprod = pretrained_mnist.build_schedule(recipe).alphas_cumprod().to(device)
             generator, x0 = torch.Generator().manual_seed(0), torch.randn(int(recipe["batch_size"]), 1, 28, 28)
             solver.step(x0.to(device), alphas_cumprod, generator)  # warm-up
             start = time.perf_counter()
             for _ in range(n):
                 solver.step(x0.to(device), alphas_cumprod, generator)
-            print(f"round {round_ + 1}: {name:8s} {sum(p.numel() for p in network.parameters()):>9,} weights  "
+            print(f"round {round_ + 1}: {name:16s} {sum(p.numel() for p in network.parameters()):>9,} weights  "
                   f"{(time.perf_counter() - start) / n:.2f} s/step", flush=True)
 
 

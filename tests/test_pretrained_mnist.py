@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from bilevel_diffusion import pretrained_mnist
 from bilevel_diffusion.checkpoint import checked_tensors
@@ -105,9 +106,12 @@ def test_pretraining_resumes_and_counts_the_time_of_every_attempt(tmp_path, monk
     assert all(torch.equal(a, b) for a, b in zip(straight.state_dict().values(), resumed.state_dict().values()))
 
 
-def test_the_candidate_recipe_changes_only_the_width() -> None:
+def test_the_candidate_recipe_changes_only_the_width_and_the_precision() -> None:
     shipped, wide = pretrained_mnist.RECIPES["shipped"], pretrained_mnist.RECIPES["wide"]
     assert shipped is pretrained_mnist.RECIPE
-    assert {k: v for k, v in wide.items() if k != "architecture"} == {k: v for k, v in shipped.items()
-                                                                       if k != "architecture"}
+    changed = {"architecture", "mixed_precision"}
+    assert {k: v for k, v in wide.items() if k not in changed} == {k: v for k, v in shipped.items()
+                                                                    if k not in changed}
+    assert pretrained_mnist.build_solver(torch.nn.Linear(2, 2), wide).autocast_dtype == torch.bfloat16
+    assert pretrained_mnist.build_solver(torch.nn.Linear(2, 2), shipped).autocast_dtype is None
     assert wide["architecture"]["block_out_channels"] == [2 * c for c in shipped["architecture"]["block_out_channels"]]

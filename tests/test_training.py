@@ -45,6 +45,31 @@ def test_solver_state_round_trip_continues_identically() -> None:
     assert _train(restored, 2, torch.Generator().set_state(gen_state)) == expected
 
 
+def test_bf16_mixed_precision_runs_the_forward_in_bf16_and_keeps_float32_weights() -> None:
+    from hydra.utils import instantiate
+
+    cfg = compose("experiment=smoke", "lower_solver.num_steps=6", "lower_solver.mixed_precision=bf16")
+    torch.manual_seed(0)
+    mixed = instantiate(cfg.lower_solver)(model=instantiate(cfg.model)())
+    plain = _tiny_solver(0)
+    dtypes = []
+    hook = mixed.model.register_forward_hook(lambda module, args, out: dtypes.append(out.dtype))
+    losses_mixed = _train(mixed, 2, torch.Generator().manual_seed(0))
+    hook.remove()
+    losses_plain = _train(plain, 2, torch.Generator().manual_seed(0))
+    assert dtypes == [torch.bfloat16] * 2  # the forward pass ran under autocast
+    assert all(p.dtype == torch.float32 for p in mixed.model.parameters())
+    assert losses_mixed != losses_plain and losses_mixed == pytest.approx(losses_plain, rel=0.05)
+    assert all(p.dtype == torch.float32 for p in mixed.ema.shadow_params)
+
+
+def test_an_unknown_mixed_precision_is_one_config_error() -> None:
+    from bilevel_diffusion.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="mixed_precision must be one of"):
+        ScoreMatchingSolver(torch.nn.Linear(2, 2), num_steps=4, batch_size=2, lr=1e-3, mixed_precision="fp8")
+
+
 def test_score_matching_loss_is_differentiable_in_the_schedule() -> None:
     schedule = CosineSchedule(start=0.0, end=1.0, tau=1.0, eps=0.008, learnable=True)
     model = _tiny_solver(0).model

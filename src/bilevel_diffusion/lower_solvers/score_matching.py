@@ -3,6 +3,7 @@ the project's one training loop (:func:`fit`)."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 from collections.abc import Callable
@@ -41,18 +42,26 @@ def score_matching_loss(model: nn.Module, alphas_cumprod: torch.Tensor, x0: torc
     return loss * (x0.shape[0] / batch) if data_parallel else loss
 
 
+#: ``mixed_precision`` values: the forward pass under ``torch.autocast`` in that dtype (weights, gradients, AdamW and
+#: EMA stay float32; the loss is taken in float32). bf16 halves a step's time on CPUs with AVX512-BF16.
+MIXED_PRECISION: dict[str | None, torch.dtype | None] = {None: None, "bf16": torch.bfloat16}
+
+
 class ScoreMatchingSolver:
     """Trains ``model`` by score matching under a (fixed) schedule; keeps an EMA copy for sampling."""
 
     def __init__(self, model: nn.Module, num_steps: int, batch_size: int, lr: float, weight_decay: float = 0.0,
                  pct_start: float = 0.25, ema_decay: float = 0.999, grad_clip: float | None = 1.0,
-                 on_nonfinite: str = "stop") -> None:
+                 on_nonfinite: str = "stop", mixed_precision: str | None = None) -> None:
         if lr <= 0:
             raise ConfigError(f"lower_solver.lr must be > 0 (got {lr})")
         if batch_size < 1 or num_steps < 0:
             raise ConfigError(f"lower_solver.batch_size must be >= 1 and num_steps >= 0 "
                               f"(got {batch_size}, {num_steps})")
         check_policy(on_nonfinite, "lower_solver.on_nonfinite")
+        if mixed_precision not in MIXED_PRECISION:
+            raise ConfigError(f"lower_solver.mixed_precision must be one of {sorted(map(str, MIXED_PRECISION))} "
+                              f"(got {mixed_precision!r})")
         if not 0.0 <= ema_decay < 1.0:
             raise ConfigError(f"lower_solver.ema_decay must be in [0, 1) (got {ema_decay})")
         if num_steps > 0 and float(pct_start * num_steps) - 1 == 0:  # torch's OneCycleLR would divide by zero
@@ -63,6 +72,7 @@ class ScoreMatchingSolver:
         self.batch_size = int(batch_size)
         self.grad_clip = grad_clip
         self.on_nonfinite = on_nonfinite
+        self.autocast_dtype = MIXED_PRECISION[mixed_precision]
         self.skipped_steps = 0
         params = list(model.parameters())
         # the fused kernel (CPU and CUDA) and foreach EMA: one call per step instead of one per tensor
@@ -83,7 +93,9 @@ class ScoreMatchingSolver:
         :mod:`bilevel_diffusion.distributed`).
         """
         self.model.train()
-        loss = score_matching_loss(self.model, alphas_cumprod.detach(), x0, generator, data_parallel=True)
+        with (torch.autocast(x0.device.type, dtype=self.autocast_dtype) if self.autocast_dtype is not None
+              else contextlib.nullcontext()):
+            loss = score_matching_loss(self.model, alphas_cumprod.detach(), x0, generator, data_parallel=True)
         self.optimizer.zero_grad(set_to_none=True)
         total = distributed.sum_scalar(loss.detach(), loss.device)  # the global batch's loss, on every rank
         if not math.isfinite(total):
