@@ -106,10 +106,28 @@ def test_pretraining_resumes_and_counts_the_time_of_every_attempt(tmp_path, monk
     assert all(torch.equal(a, b) for a, b in zip(straight.state_dict().values(), resumed.state_dict().values()))
 
 
+def test_a_float16_weights_file_loads_as_the_network_its_card_evaluated(tmp_path, monkeypatch) -> None:
+    from bilevel_diffusion.checkpoint import save_cached
+
+    recipe = {**pretrained_mnist.RECIPE, "weights_dtype": "float16"}
+    torch.manual_seed(0)
+    network = pretrained_mnist.build_network(recipe)
+    before = {name: value.clone() for name, value in network.state_dict().items()}
+    tensors = pretrained_mnist.stored_weights(network, recipe)
+    assert all(value.dtype == torch.float16 for value in tensors.values())
+    rounded = network.state_dict()  # the network the card evaluates: rounded, float32 again
+    assert all(value.dtype == torch.float32 for value in rounded.values())
+    assert any(not torch.equal(before[name], rounded[name]) for name in before)
+    monkeypatch.setattr(pretrained_mnist, "WEIGHTS", tmp_path / "mnist_eps.safetensors")
+    save_cached(tensors, pretrained_mnist.WEIGHTS)
+    loaded = pretrained_mnist.load().state_dict()
+    assert all(torch.equal(loaded[name], rounded[name]) for name in rounded)
+
+
 def test_the_candidate_recipe_changes_only_the_width_and_the_precision() -> None:
     shipped, wide = pretrained_mnist.RECIPES["shipped"], pretrained_mnist.RECIPES["wide"]
     assert shipped is pretrained_mnist.RECIPE
-    changed = {"architecture", "mixed_precision"}
+    changed = {"architecture", "mixed_precision", "weights_dtype"}
     assert {k: v for k, v in wide.items() if k not in changed} == {k: v for k, v in shipped.items()
                                                                     if k not in changed}
     assert pretrained_mnist.build_solver(torch.nn.Linear(2, 2), wide).autocast_dtype == torch.bfloat16
