@@ -14,10 +14,10 @@ from bilevel_diffusion.schedules.family import CosineSchedule
 from conftest import ROOT, compose
 
 
-def _tiny_solver(seed: int, num_steps: int = 6) -> ScoreMatchingSolver:
+def _tiny_solver(seed: int, num_steps: int = 6, *overrides: str) -> ScoreMatchingSolver:
     from hydra.utils import instantiate
 
-    cfg = compose("experiment=smoke", f"lower_solver.num_steps={num_steps}")
+    cfg = compose("experiment=smoke", f"lower_solver.num_steps={num_steps}", *overrides)
     torch.manual_seed(seed)
     return instantiate(cfg.lower_solver)(model=instantiate(cfg.model)())
 
@@ -46,11 +46,7 @@ def test_solver_state_round_trip_continues_identically() -> None:
 
 
 def test_bf16_mixed_precision_runs_the_forward_in_bf16_and_keeps_float32_weights() -> None:
-    from hydra.utils import instantiate
-
-    cfg = compose("experiment=smoke", "lower_solver.num_steps=6", "lower_solver.mixed_precision=bf16")
-    torch.manual_seed(0)
-    mixed = instantiate(cfg.lower_solver)(model=instantiate(cfg.model)())
+    mixed = _tiny_solver(0, 6, "lower_solver.mixed_precision=bf16")
     plain = _tiny_solver(0)
     dtypes = []
     hook = mixed.model.register_forward_hook(lambda module, args, out: dtypes.append(out.dtype))
