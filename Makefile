@@ -38,11 +38,11 @@ smoke: $(STAMP)  ## the CI-sized run of task=train_mnist
 bench: $(STAMP)  ## speed targets (sampling, training, estimator cost; bilevel vs search from reproduce runs) -> results/bench/
 	$(PY) scripts/bench.py --out results/bench --runs outputs/reproduce/quick
 
-reproduce: $(STAMP)  ## the paper's tables and figures: MODE=smoke|quick|full JOBS=2 (plans: configs/reproduce_MODE.yaml)
+reproduce: $(STAMP)  ## the paper's tables and figures: MODE=smoke|quick|medium|full JOBS=2 (plans: configs/reproduce_MODE.yaml)
 	$(PY) scripts/reproduce.py --mode $(MODE) --jobs $(JOBS)
 
 aggregate: $(STAMP)  ## rebuild the tables and figures from existing runs: RUNS=outputs/reproduce/quick OUT=results
-	$(PY) scripts/aggregate.py $(or $(RUNS),outputs/reproduce/$(MODE)) --out $(or $(OUT),results$(if $(filter smoke,$(MODE)),/smoke))
+	$(PY) scripts/aggregate.py $(or $(RUNS),outputs/reproduce/$(MODE)) --out $(or $(OUT),results$(if $(filter-out quick,$(MODE)),/$(MODE)))
 
 pretrain: $(STAMP)  ## train the embedded MNIST eps-model of task=finetune_mnist by its recipe (resumable; see docs/pretrained_mnist.md)
 	OMP_NUM_THREADS=$(or $(THREADS),1) $(PY) scripts/pretrain_mnist.py

@@ -1,4 +1,4 @@
-"""Reproduce the paper's tables and figures: ``python scripts/reproduce.py --mode smoke|quick|full`` (``make reproduce``).
+"""Reproduce the paper's tables and figures: ``python scripts/reproduce.py --mode smoke|quick|medium|full`` (``make reproduce``).
 
 Prints the plan of ``configs/reproduce_MODE.yaml`` and its time estimate, runs every comparison as Hydra multiruns
 into ``--runs`` (resumable: run it again after a stop), then aggregates every finished run into ``--results``
@@ -19,14 +19,14 @@ sys.path.insert(0, str(ROOT / "scripts"))
 from aggregate import aggregate  # noqa: E402
 
 from bilevel_diffusion.errors import ConfigError  # noqa: E402
-from bilevel_diffusion.reproduce import describe, load_plan, run_plan  # noqa: E402
+from bilevel_diffusion.reproduce import describe, load_plan, results_dir, run_plan  # noqa: E402
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--mode", default="quick", help="plan configs/reproduce_MODE.yaml: smoke, quick or full")
+    parser.add_argument("--mode", default="quick", help="plan configs/reproduce_MODE.yaml: smoke, quick, medium or full")
     parser.add_argument("--runs", type=Path, help="run directories (default outputs/reproduce/MODE)")
-    parser.add_argument("--results", type=Path, help="tables and figures (default results/, results/smoke/ for smoke)")
+    parser.add_argument("--results", type=Path, help="tables and figures (default results/ for quick, else results/MODE/)")
     parser.add_argument("--only", type=lambda text: text.split(","), metavar="A,B",
                         help="run only these comparisons of the plan (comma-separated)")
     parser.add_argument("--seeds", type=lambda text: [int(s) for s in text.split(",")], metavar="0,1",
@@ -50,7 +50,7 @@ def main() -> None:
         for comparison in plan.comparisons:
             comparison.seeds = None
     runs = (args.runs or ROOT / "outputs" / "reproduce" / args.mode).resolve()
-    results = (args.results or ROOT / "results" / ("smoke" if args.mode == "smoke" else "")).resolve()
+    results = (args.results or results_dir(args.mode)).resolve()
     if args.jobs < 1:
         sys.exit(f"error: --jobs must be >= 1 (got {args.jobs})")
     print(describe(plan, runs, args.jobs), flush=True)

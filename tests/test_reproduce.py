@@ -17,10 +17,10 @@ import pytest
 from hydra.utils import instantiate
 
 from bilevel_diffusion.errors import ConfigError
-from bilevel_diffusion.reproduce import Comparison, load_plan, plan_commands, run_plan
+from bilevel_diffusion.reproduce import Comparison, load_plan, plan_commands, results_dir, run_plan
 from conftest import ROOT, assert_run_contract, compose, read_jsonl, run_in_process
 
-MODES = ("smoke", "quick", "full")
+MODES = ("smoke", "quick", "medium", "full")
 
 
 def _reproduce(*args: str) -> subprocess.CompletedProcess:
@@ -70,6 +70,23 @@ def test_searches_run_the_papers_trial_counts_in_quick_and_full() -> None:
                           f"upper_estimator={method}", *c.overrides, *c.method_overrides.get(method, []))
             assert cfg.upper_estimator.n_trials == trials and cfg.upper_estimator.timeout_s is None, (mode, method)
             assert cfg.upper_estimator.report_trials
+
+
+def test_medium_trains_mnist_long_enough_and_writes_beside_quick() -> None:
+    """MODE=medium: Scenario B on MNIST with 4,000-step bf16 trainings (the length at which the schedule changed
+    the FID by more than the seed spread), 5 trainings per search, and tables under results/medium/ (quick's stay)."""
+    (c,) = load_plan("medium").comparisons
+    assert (c.task, c.bilevel, c.baselines) == ("noise_schedule_mnist", "zeroth_order", ["fixed", "random", "bayesian"])
+    for method in c.methods:
+        cfg = compose(f"task={c.task}", f"experiment={c.experiment}", f"upper_estimator={method}",
+                      *c.method_overrides.get(method, []))
+        assert cfg.lower_solver.num_steps == 4000 and cfg.lower_solver.mixed_precision == "bf16"
+        assert cfg.eval.num_samples == 1000 and cfg.data._target_.endswith("load_mnist5k")
+        if method in ("random", "bayesian"):
+            assert cfg.upper_estimator.n_trials == 5 and cfg.upper_estimator.report_trials
+    assert results_dir("quick", ROOT) == ROOT / "results"
+    assert {results_dir(m, ROOT).relative_to(ROOT).as_posix() for m in ("smoke", "medium", "full")} == {
+        "results/smoke", "results/medium", "results/full"}
 
 
 def test_a_comparison_may_run_its_own_seeds_and_the_command_line_replaces_them() -> None:

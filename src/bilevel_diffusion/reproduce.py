@@ -105,6 +105,12 @@ class Plan:
                    for c in self.comparisons for m in c.methods)
 
 
+def results_dir(mode: str, root: Path = ROOT) -> Path:
+    """Where ``make reproduce MODE=mode`` writes its tables and figures: ``results/`` for quick (the README's
+    Results), ``results/<mode>/`` for every other mode, so that no mode overwrites another's tables."""
+    return root / "results" / ("" if mode == "quick" else mode)
+
+
 def load_plan(mode: str, plan_dir: Path = ROOT / "configs") -> Plan:
     """The plan of ``mode`` (``configs/reproduce_<mode>.yaml``; not a config group, so Hydra never composes it)."""
     path = plan_dir / f"reproduce_{mode}.yaml"
