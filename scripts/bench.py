@@ -11,8 +11,8 @@ Micro-benchmarks on the MNIST UNet of ``configs/model/unet_mnist.yaml``:
 - compute-to-match from the stored trials of ``make reproduce`` (``--runs``, default outputs/reproduce/quick; the
   derived view (c) of ``bilevel_diffusion/reporting/views.py``): Scenario B, the bilevel run's wall clock where it
   reached Bayesian optimisation's final FID over the wall clock Bayesian optimisation needed to first reach it
-  (target <= 1/5); Scenario A, the same in sampler cost against the search with the best final r1 (target <= 1/4).
-  Median over seeds with a 95% bootstrap interval; a seed where the bilevel run did not reach it counts as inf.
+  (target <= 1/5), on the testbed and on MNIST (``--medium-runs``, ``make reproduce MODE=medium``); Scenario A, the
+  same in sampler cost against the search with the best final r1 (target <= 1/4). Median over seeds with a 95% bootstrap interval; a seed where the bilevel run did not reach it counts as inf.
 """
 
 from __future__ import annotations
@@ -151,6 +151,13 @@ def bench_scenario_b_time(runs: Path) -> dict:
                                   "Scenario B: wall clock to Bayesian optimisation's final FID (bilevel / Bayesian)")
 
 
+def bench_scenario_b_mnist_time(runs: Path) -> dict:
+    """Scenario B on MNIST (``make reproduce MODE=medium``): the same ratio as :func:`bench_scenario_b_time`."""
+    return bench_compute_to_match(runs / "scenario_b_mnist", "zeroth_order", "bayesian", "wall_clock_s", 1 / 5,
+                                  "Scenario B, MNIST: wall clock to Bayesian optimisation's final FID "
+                                  "(bilevel / Bayesian)")
+
+
 def bench_scenario_a_cost(runs: Path) -> dict:
     """Scenario A (embedded MNIST model): bilevel sampler cost to the best search's r1 / the search's cost to it."""
     return bench_compute_to_match(runs / "finetune_mnist", "closed_form", None, "sampler_cost", 1 / 4,
@@ -181,12 +188,15 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "bench")
     parser.add_argument("--runs", type=Path, default=ROOT / "outputs" / "reproduce" / "quick",
-                        help="make reproduce run directories for the two comparison ratios")
+                        help="make reproduce MODE=quick run directories for the two comparison ratios")
+    parser.add_argument("--medium-runs", type=Path, default=ROOT / "outputs" / "reproduce" / "medium",
+                        help="make reproduce MODE=medium run directories (Scenario B on MNIST)")
     args = parser.parse_args()
     info = machine()
     results = [bench(args.repeats) for bench in (bench_guided_step, bench_training_throughput,
                                                  bench_closed_form_cost)]
     results += [bench(args.runs) for bench in (bench_scenario_b_time, bench_scenario_a_cost)]
+    results.append(bench_scenario_b_mnist_time(args.medium_runs))
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "bench.json").write_text(json.dumps({"machine": info, "results": results}, indent=2))
     markdown = to_markdown(results, info)

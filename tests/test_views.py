@@ -129,3 +129,10 @@ def test_make_bench_reads_compute_to_match_from_the_runs(tmp_path) -> None:
     never = bench.bench_scenario_a_cost(tmp_path / "quick")
     assert never["ratio"] is None and not never["met"]
     assert "| inf (not reached) | <= 0.25 | no |" in bench.to_markdown([never], bench.machine())
+    missing = bench.bench_scenario_b_mnist_time(tmp_path / "medium")  # MODE=medium not run: said, not zero
+    assert missing["ratio"] is None and "not measured" in missing["setting"]
+    assert "| not measured | <= 0.2 | – |" in bench.to_markdown([missing], bench.machine())
+    medium = tmp_path / "medium" / "scenario_b_mnist"
+    _finished(medium, "bayesian", 0, SEARCH, objective=25.0, wall_clock_s=130.0)
+    _finished(medium, "zeroth_order", 0, objective=24.0, wall_clock_s=9.0)
+    assert bench.bench_scenario_b_mnist_time(tmp_path / "medium")["per_seed"] == {"0": pytest.approx(0.1)}
