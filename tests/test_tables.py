@@ -54,6 +54,7 @@ def test_aggregate_script_reruns_on_existing_runs(tmp_path, monkeypatch) -> None
     assert result.returncode == 0, result.stderr
     first = (tmp_path / "r" / "table2.md").read_text()
     assert "| train_mnist | fixed | 1 | 1.00 | – | – |" in first
+    assert not list((tmp_path / "r").glob("table1.*"))  # no Scenario A run: no empty Table 1
     monkeypatch.setattr(sys, "argv", command[1:])  # the rerun in this process (the script's imports paid once)
     runpy.run_path(command[1], run_name="__main__")
     assert (tmp_path / "r" / "table2.md").read_text() == first

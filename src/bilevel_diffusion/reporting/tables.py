@@ -130,13 +130,16 @@ def write_csv(rows: Sequence[Row], table: str, path: Path) -> None:
 
 def write_tables(run_root: str | Path, out_dir: str | Path,
                  paper: Mapping[str, Mapping[str, str]] | None = None) -> dict[str, list[Row]]:
-    """``out_dir/table{1,2}.{md,tex,csv}`` from every run below ``run_root``."""
+    """``out_dir/table{1,2}.{md,tex,csv}`` from every run below ``run_root``; a table no run belongs to is not
+    written (``make reproduce MODE=medium`` has no Scenario A run)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     summaries = load_summaries(run_root)
     tables = {}
     for table in TABLE_COLUMNS:
         rows = build_rows(summaries, table, paper)
+        if not rows:
+            continue
         (out / f"{table}.md").write_text(to_markdown(rows, table))
         (out / f"{table}.tex").write_text(to_latex(rows, table))
         write_csv(rows, table, out / f"{table}.csv")
