@@ -12,7 +12,8 @@ Micro-benchmarks on the MNIST UNet of ``configs/model/unet_mnist.yaml``:
   derived view (c) of ``bilevel_diffusion/reporting/views.py``): Scenario B, the bilevel run's wall clock where it
   reached Bayesian optimisation's final FID over the wall clock Bayesian optimisation needed to first reach it
   (target <= 1/5), on the testbed and on MNIST (``--medium-runs``, ``make reproduce MODE=medium``); Scenario A, the
-  same in sampler cost against the search with the best final r1 (target <= 1/4). Median over seeds with a 95% bootstrap interval; a seed where the bilevel run did not reach it counts as inf.
+  same in sampler cost against the search with the best final r1 (target <= 1/4). Median over seeds with a 95%
+  bootstrap interval; a seed where the bilevel run did not reach it counts as inf.
 """
 
 from __future__ import annotations
