@@ -36,10 +36,10 @@ smoke: $(STAMP)  ## the CI-sized run of task=train_mnist
 	$(PY) run.py task=train_mnist experiment=smoke hydra.run.dir=outputs/smoke/$$(date +%Y-%m-%d_%H-%M-%S)
 
 bench: $(STAMP)  ## speed targets (sampling, training, estimator cost; bilevel vs search from reproduce runs) -> results/bench/
-	$(PY) scripts/bench.py --out results/bench --runs outputs/reproduce/quick
+	$(PY) scripts/bench.py --out results/bench
 
-reproduce: $(STAMP)  ## the paper's tables and figures: MODE=smoke|quick|medium|full JOBS=2 (plans: configs/reproduce_MODE.yaml)
-	$(PY) scripts/reproduce.py --mode $(MODE) --jobs $(JOBS)
+reproduce: $(STAMP)  ## the paper's tables and figures: MODE=smoke|quick|medium|full JOBS=2 (plans: configs/reproduce_MODE.yaml; FROM_RECORDS=1 goes on from results/.../runs)
+	$(PY) scripts/reproduce.py --mode $(MODE) --jobs $(JOBS)$(if $(FROM_RECORDS), --from-records)
 
 aggregate: $(STAMP)  ## rebuild the tables and figures from existing runs: RUNS=outputs/reproduce/quick OUT=results
 	$(PY) scripts/aggregate.py $(or $(RUNS),outputs/reproduce/$(MODE)) --out $(or $(OUT),results$(if $(filter-out quick,$(MODE)),/$(MODE)))

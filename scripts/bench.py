@@ -1,6 +1,9 @@
 """``make bench``: speed targets of the project, medians over repeats, written to JSON and Markdown.
 
-``python scripts/bench.py [--repeats 5] [--out results/bench]``
+``python scripts/bench.py [--repeats 5] [--out results/bench] [--only scenario_b_mnist_time,...]``
+
+Every row records the date it was measured; ``--only`` measures the named rows (the function names below without
+``bench_``) and keeps the other rows of the existing ``bench.json`` as they were.
 
 Micro-benchmarks on the MNIST UNet of ``configs/model/unet_mnist.yaml``:
 - guided vs plain sampling step (paper Alg. 5 vs Alg. 4) on the same model and batch; target <= 2.5x;
@@ -8,10 +11,12 @@ Micro-benchmarks on the MNIST UNet of ``configs/model/unet_mnist.yaml``:
   unconditional-training example (AdamW, LR schedule, EMA, gradient clipping) on the same loss, model and batch:
   what is measured is our machinery (NaN/Inf checks, distributed hooks); target >= 0.95x;
 - the closed-form hyper-gradient (Eq. 13) on a pool against one guided sample; target < 1%;
-- compute-to-match from the stored trials of ``make reproduce`` (``--runs``, default outputs/reproduce/quick; the
+- compute-to-match from the stored trials of ``make reproduce`` (``--runs``, default outputs/reproduce/quick, or its
+  committed records results/runs/ where that holds no runs; the
   derived view (c) of ``bilevel_diffusion/reporting/views.py``): Scenario B, the bilevel run's wall clock where it
   reached Bayesian optimisation's final FID over the wall clock Bayesian optimisation needed to first reach it
-  (target <= 1/5), on the testbed and on MNIST (``--medium-runs``, ``make reproduce MODE=medium``); Scenario A, the
+  (target <= 1/5), on the testbed and on MNIST (``--medium-runs``, ``make reproduce MODE=medium``, the same
+  defaults under medium/); Scenario A, the
   same in sampler cost against the search with the best final r1 (target <= 1/4). Median over seeds with a 95%
   bootstrap interval; a seed where the bilevel run did not reach it counts as inf.
 """
@@ -41,6 +46,7 @@ from bilevel_diffusion.lower_solvers.guided_sampling import GuidedSampler  # noq
 from bilevel_diffusion.lower_solvers.score_matching import ScoreMatchingSolver, score_matching_loss  # noqa: E402
 from bilevel_diffusion.metrics.classifier import MNISTClassifier  # noqa: E402
 from bilevel_diffusion.reporting.views import best_search, comparison_traces, compute_to_match, match_summary  # noqa: E402,E501
+from bilevel_diffusion.reproduce import results_dir  # noqa: E402
 from bilevel_diffusion.schedules.family import CosineSchedule  # noqa: E402
 from bilevel_diffusion.upper_estimators.closed_form import RewardPool, hypergradient  # noqa: E402
 
@@ -165,6 +171,12 @@ def bench_scenario_a_cost(runs: Path) -> dict:
                                   "Scenario A: sampler cost to the best search's final r1 (bilevel / search)")
 
 
+def default_runs(mode: str) -> Path:
+    """``outputs/reproduce/MODE`` where it holds a finished run, else the records ``make reproduce`` committed."""
+    runs = ROOT / "outputs" / "reproduce" / mode
+    return runs if any(runs.rglob("summary.json")) else results_dir(mode, ROOT) / "runs"
+
+
 def machine() -> dict:
     return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
             "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
@@ -174,13 +186,13 @@ def machine() -> dict:
 def to_markdown(results: list[dict], info: dict) -> str:
     lines = [f"Machine: {info['processor']}, {info['cpu_count']} CPUs ({info['torch_threads']} torch threads), "
              f"torch {info['torch']}, GPU: {info['cuda'] or 'none'}", "",
-             "| benchmark | setting | ratio | target | met |", "|---|---|---|---|---|"]
+             "| benchmark | setting | ratio | target | met | measured |", "|---|---|---|---|---|---|"]
     for row in results:
         measured = row.get("ratio") is not None or "ci95" in row  # ci95: measured, possibly never reached (inf)
         ratio = (f"{row['ratio']:.3g}" if row.get("ratio") is not None
                  else "inf (not reached)" if measured else "not measured")
         lines.append(f"| {row['name']} | {row['setting']} | {ratio} | {row['target']} | "
-                     f"{'yes' if row.get('met') else 'no' if measured else '–'} |")
+                     f"{'yes' if row.get('met') else 'no' if measured else '–'} | {row.get('measured', '–')} |")
     return "\n".join(lines) + "\n"
 
 
@@ -188,16 +200,35 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "bench")
-    parser.add_argument("--runs", type=Path, default=ROOT / "outputs" / "reproduce" / "quick",
-                        help="make reproduce MODE=quick run directories for the two comparison ratios")
-    parser.add_argument("--medium-runs", type=Path, default=ROOT / "outputs" / "reproduce" / "medium",
-                        help="make reproduce MODE=medium run directories (Scenario B on MNIST)")
+    parser.add_argument("--runs", type=Path, default=default_runs("quick"),
+                        help="make reproduce MODE=quick run directories for the two comparison ratios "
+                             "(default outputs/reproduce/quick, else the records in results/runs)")
+    parser.add_argument("--medium-runs", type=Path, default=default_runs("medium"),
+                        help="make reproduce MODE=medium run directories (Scenario B on MNIST; default "
+                             "outputs/reproduce/medium, else results/medium/runs)")
+    parser.add_argument("--only", type=lambda text: text.split(","), metavar="A,B",
+                        help="measure only these rows (keys below), keep the others of OUT/bench.json")
     args = parser.parse_args()
-    info = machine()
-    results = [bench(args.repeats) for bench in (bench_guided_step, bench_training_throughput,
-                                                 bench_closed_form_cost)]
-    results += [bench(args.runs) for bench in (bench_scenario_b_time, bench_scenario_a_cost)]
-    results.append(bench_scenario_b_mnist_time(args.medium_runs))
+    benches: dict[str, Callable[[], dict]] = {
+        "guided_step": lambda: bench_guided_step(args.repeats),
+        "training_throughput": lambda: bench_training_throughput(args.repeats),
+        "closed_form_cost": lambda: bench_closed_form_cost(args.repeats),
+        "scenario_b_time": lambda: bench_scenario_b_time(args.runs),
+        "scenario_a_cost": lambda: bench_scenario_a_cost(args.runs),
+        "scenario_b_mnist_time": lambda: bench_scenario_b_mnist_time(args.medium_runs)}
+    chosen = args.only or list(benches)
+    unknown = sorted(set(chosen) - set(benches))
+    if unknown:
+        sys.exit(f"error: --only {unknown}: not a benchmark of {sorted(benches)}")
+    previous = args.out / "bench.json"
+    if args.only and not previous.exists():
+        sys.exit(f"error: --only keeps the other rows of {previous}, which does not exist: run without --only")
+    rows = {row["name"]: row for row in json.loads(previous.read_text())["results"]} if args.only else {}
+    today = time.strftime("%Y-%m-%d")
+    for key in chosen:
+        row = {**benches[key](), "measured": today}
+        rows[row["name"]] = row  # replaces that row where it was, or comes last
+    info, results = machine(), list(rows.values())
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "bench.json").write_text(json.dumps({"machine": info, "results": results}, indent=2))
     markdown = to_markdown(results, info)

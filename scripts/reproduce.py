@@ -2,7 +2,10 @@
 
 Prints the plan of ``configs/reproduce_MODE.yaml`` and its time estimate, runs every comparison as Hydra multiruns
 into ``--runs`` (resumable: run it again after a stop), then aggregates every finished run into ``--results``
-(``scripts/aggregate.py`` does only that step). Extra ``key=value`` arguments go to every job.
+(``scripts/aggregate.py`` does only that step) and copies the runs' records (no weights) to ``RESULTS/runs/``.
+``--from-records`` first copies those records into ``--runs`` (a fresh checkout goes on where the committed records
+stopped); ``--save-records`` only copies them out (before a working session ends). Extra ``key=value`` arguments go
+to every job.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 from aggregate import aggregate  # noqa: E402
 
 from bilevel_diffusion.errors import ConfigError  # noqa: E402
+from bilevel_diffusion.reporting.run_records import export_records, restore_records  # noqa: E402
 from bilevel_diffusion.reproduce import describe, load_plan, results_dir, run_plan  # noqa: E402
 
 
@@ -33,6 +37,10 @@ def main() -> None:
                         help="replace the plan's seeds")
     parser.add_argument("--jobs", type=int, default=1, metavar="N",
                         help="run N multiruns at once, each on CPUs/N threads, output to RUNS/logs/ (default 1)")
+    parser.add_argument("--from-records", action="store_true",
+                        help="first copy RESULTS/runs/ (committed records) into --runs, keeping newer files there")
+    parser.add_argument("--save-records", action="store_true",
+                        help="only copy the records of --runs to RESULTS/runs/ (no weights) and exit")
     parser.add_argument("--plan-only", action="store_true", help="print the plan and the estimate, run nothing")
     parser.add_argument("overrides", nargs="*", help="key=value overrides for every job")
     args = parser.parse_args()
@@ -53,6 +61,16 @@ def main() -> None:
     results = (args.results or results_dir(args.mode)).resolve()
     if args.jobs < 1:
         sys.exit(f"error: --jobs must be >= 1 (got {args.jobs})")
+    records = results / "runs"
+    if args.save_records:
+        if not runs.is_dir():
+            sys.exit(f"error: --save-records: {runs} holds no runs")
+        print(f"records: {len(export_records(runs, records))} files -> {records}")
+        return
+    if args.from_records:
+        if not records.is_dir():
+            sys.exit(f"error: --from-records: {records} holds no records (make reproduce MODE={args.mode} writes them)")
+        print(f"records: {len(restore_records(records, runs))} files from {records} -> {runs}")
     print(describe(plan, runs, args.jobs), flush=True)
     if args.plan_only:
         return
@@ -64,6 +82,7 @@ def main() -> None:
         sys.exit(130)
     print(f"all jobs finished in {(time.monotonic() - start) / 60:.1f} min", flush=True)
     aggregate(runs, results)
+    print(f"records: {len(export_records(runs, records))} files -> {records}")
 
 
 if __name__ == "__main__":

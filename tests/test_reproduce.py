@@ -327,3 +327,57 @@ def test_resuming_a_finished_job_runs_nothing_and_keeps_its_results(smoke, capsy
     assert code == 0 and "nothing to resume" in capsys.readouterr().out
     after = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()}
     assert {k: v for k, v in after.items() if k != "run.log"} == {k: v for k, v in before.items() if k != "run.log"}
+
+
+def test_records_keep_what_the_tables_and_a_resume_need_and_no_weights(tmp_path) -> None:
+    from bilevel_diffusion.reporting.run_records import export_records, restore_records
+
+    runs = tmp_path / "runs"
+    finished, search, stopped = (runs / "c" / m / "seed_0" for m in ("fixed", "random", "zeroth_order"))
+    for run_dir in (finished, search, stopped):
+        (run_dir / "checkpoints").mkdir(parents=True)
+        (run_dir / "config.yaml").write_text("seed: 0\n")
+        (run_dir / "metrics.jsonl").write_text("{}\n")
+        (run_dir / "checkpoints" / "last.pt").write_bytes(b"w" * 10)
+    (finished / "summary.json").write_text("{}")
+    (finished / ".lock").write_text("")
+    (finished / "samples.png").write_bytes(b"p" * 100)
+    (finished / "huge.npz").write_bytes(b"x" * 2000)
+    (search / ".hydra").mkdir()
+    (search / ".hydra" / "config.yaml").write_text("seed: 0\n")  # Hydra's copy: kept (not a run of its own)
+    (search / "study.db").write_bytes(b"db")  # a search part-way: goes on from its finished trials
+    (runs / "c" / "comparison.json").write_text("{}")
+    records = tmp_path / "records"
+    written = export_records(runs, records, max_bytes=1000)
+    assert {p.relative_to(records).as_posix() for p in written} == {
+        "c/comparison.json", "c/fixed/seed_0/config.yaml", "c/fixed/seed_0/metrics.jsonl", "c/fixed/seed_0/summary.json",
+        "c/fixed/seed_0/samples.png", "c/random/seed_0/config.yaml", "c/random/seed_0/metrics.jsonl",
+        "c/random/seed_0/study.db", "c/random/seed_0/.hydra/config.yaml"}  # no weights, lock or huge file; the stopped bilevel run not at all
+    for nested in (runs / "records", runs, tmp_path):
+        with pytest.raises(ValueError, match="one holds the other"):
+            export_records(runs, nested)
+    again = tmp_path / "again"
+    (again / "c" / "random" / "seed_0").mkdir(parents=True)
+    (again / "c" / "random" / "seed_0" / "study.db").write_bytes(b"newer")
+    restored = restore_records(records, again)
+    assert (again / "c" / "random" / "seed_0" / "study.db").read_bytes() == b"newer"  # never replaced
+    assert len(restored) == len(written) - 1 and (again / "c" / "fixed" / "seed_0" / "summary.json").exists()
+
+
+def test_smoke_records_rebuild_the_same_tables_and_a_restored_finished_job_runs_nothing(smoke, tmp_path,
+                                                                                       capsys) -> None:
+    from bilevel_diffusion.reporting.run_records import restore_records
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from aggregate import aggregate
+
+    records = smoke / "results" / "runs"
+    assert any(records.rglob("summary.json")) and not any(records.rglob("checkpoints"))
+    aggregate(records, tmp_path / "again")
+    for table in ("table1.csv", "table2.csv"):
+        assert (tmp_path / "again" / table).read_text() == (smoke / "results" / table).read_text()
+    run_dir = tmp_path / "runs" / "finetune_mnist" / "grid" / "seed_0"
+    restore_records(records, tmp_path / "runs")  # a fresh checkout with the committed records
+    capsys.readouterr()
+    code, _ = run_in_process("task=finetune_mnist", "experiment=smoke", "upper_estimator=grid",
+                             "upper_estimator.num_points=3", "resume=true", f"hydra.run.dir={run_dir}")
+    assert code == 0 and "nothing to resume" in capsys.readouterr().out

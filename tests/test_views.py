@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 
 import pytest
 
@@ -136,3 +137,35 @@ def test_make_bench_reads_compute_to_match_from_the_runs(tmp_path) -> None:
     _finished(medium, "bayesian", 0, SEARCH, objective=25.0, wall_clock_s=130.0)
     _finished(medium, "zeroth_order", 0, objective=24.0, wall_clock_s=9.0)
     assert bench.bench_scenario_b_mnist_time(tmp_path / "medium")["per_seed"] == {"0": pytest.approx(0.1)}
+
+
+def test_make_bench_only_remeasures_the_named_rows_and_keeps_the_others(tmp_path, monkeypatch, capsys) -> None:
+    import sys
+
+    from conftest import ROOT
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import bench
+
+    out = tmp_path / "bench"
+    out.mkdir()
+    kept = {"name": "guided / plain sampling step", "ratio": 2.3, "target": "<= 2.5", "met": True, "setting": "s",
+            "measured": "2026-12-01"}
+    old_mnist = {"name": bench.bench_scenario_b_mnist_time(tmp_path / "none")["name"], "ratio": None, "target": "x",
+                 "met": False, "setting": "not measured"}
+    (out / "bench.json").write_text(json.dumps({"machine": {}, "results": [kept, old_mnist]}))
+    medium = tmp_path / "medium" / "scenario_b_mnist"
+    _finished(medium, "bayesian", 0, SEARCH, objective=25.0, wall_clock_s=130.0)
+    _finished(medium, "zeroth_order", 0, objective=24.0, wall_clock_s=9.0)
+    monkeypatch.setattr(sys, "argv", ["bench.py", "--out", str(out), "--medium-runs", str(tmp_path / "medium"),
+                                      "--only", "scenario_b_mnist_time"])
+    bench.main()
+    rows = json.loads((out / "bench.json").read_text())["results"]
+    assert rows[0] == kept and len(rows) == 2  # untouched, in its place; the named row replaced, not appended
+    assert rows[1]["per_seed"] == {"0": pytest.approx(0.1)} and rows[1]["measured"] == time.strftime("%Y-%m-%d")
+    assert "| 2026-12-01 |" in (out / "bench.md").read_text()
+    monkeypatch.setattr(sys, "argv", ["bench.py", "--out", str(out), "--only", "guided"])
+    with pytest.raises(SystemExit, match="error: --only \\['guided'\\]"):
+        bench.main()
+    monkeypatch.setattr(sys, "argv", ["bench.py", "--out", str(tmp_path / "empty"), "--only", "scenario_a_cost"])
+    with pytest.raises(SystemExit, match="does not exist"):
+        bench.main()
