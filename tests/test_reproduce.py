@@ -17,7 +17,7 @@ import pytest
 from hydra.utils import instantiate
 
 from bilevel_diffusion.errors import ConfigError
-from bilevel_diffusion.reproduce import Comparison, load_plan, plan_commands, results_dir, run_plan
+from bilevel_diffusion.reproduce import Comparison, describe, load_plan, plan_commands, results_dir, run_plan
 from conftest import ROOT, assert_run_contract, compose, read_jsonl, run_in_process
 
 MODES = ("smoke", "quick", "medium", "full")
@@ -134,6 +134,10 @@ def test_several_jobs_at_a_time_start_the_longest_methods_first(tmp_path) -> Non
     finished.mkdir(parents=True)
     (finished / "summary.json").write_text(json.dumps({"wall_clock_s": 600.0}))  # 10 min measured
     assert list(plan_commands(plan, tmp_path, jobs=2))[0] == "a.grid"
+    assert plan.finished_jobs(tmp_path) == [("a", "grid", 0)]
+    left = plan.remaining_minutes(tmp_path)
+    assert left == pytest.approx(plan.estimate_minutes(tmp_path) - 10.0)
+    assert f"1 of {plan.num_jobs} jobs finished already (not run again): ~{left:.0f} min left" in describe(plan, tmp_path)
     with pytest.raises(ConfigError, match="minutes_per_job must name every method"):
         Comparison(name="a", task="finetune_gaussian", bilevel="closed_form", baselines=["grid"],
                    minutes_per_job={"closed_form": 1.0})

@@ -104,6 +104,17 @@ class Plan:
         return sum(len(self.seeds_of(c)) * self.job_minutes(c, m, runs_dir)[0]
                    for c in self.comparisons for m in c.methods)
 
+    def finished_jobs(self, runs_dir: Path) -> list[tuple[str, str, int]]:
+        """(comparison, method, seed) of every job of the plan with a ``summary.json`` under ``runs_dir``."""
+        return [(c.name, m, s) for c in self.comparisons for m in c.methods for s in self.seeds_of(c)
+                if (runs_dir / c.name / m / f"seed_{s}" / "summary.json").exists()]
+
+    def remaining_minutes(self, runs_dir: Path) -> float:
+        """:meth:`estimate_minutes` less the jobs already finished under ``runs_dir``."""
+        by_name = {c.name: c for c in self.comparisons}
+        return self.estimate_minutes(runs_dir) - sum(self.job_minutes(by_name[c], m, runs_dir)[0]
+                                                     for c, m, _ in self.finished_jobs(runs_dir))
+
 
 def results_dir(mode: str, root: Path = ROOT) -> Path:
     """Where ``make reproduce MODE=mode`` writes its tables and figures: ``results/`` for quick (the README's
@@ -139,10 +150,14 @@ def describe(plan: Plan, runs_dir: Path, jobs: int = 1) -> str:
             per_method.append(f"{method} ~{minutes:.2g} min" + (" measured" if measured else ""))
         lines.append(f"  {c.name}: task={c.task}{experiment}, {len(plan.seeds_of(c))} seeds, bilevel={c.bilevel}; "
                      f"per job: {', '.join(per_method)}")
-    total = plan.estimate_minutes(runs_dir)
+    total, finished = plan.estimate_minutes(runs_dir), len(plan.finished_jobs(runs_dir))
     note = "" if measured_any else plan.estimate_note
     lines.append(f"estimate: ~{total:.0f} min ({total / 60:.1f} h) one job at a time"
                  + (f", ~{total / jobs:.0f} min with --jobs {jobs}" if jobs > 1 else "") + f". {note}".rstrip())
+    if finished:
+        left = plan.remaining_minutes(runs_dir)
+        lines.append(f"{finished} of {plan.num_jobs} jobs finished already (not run again): ~{left:.0f} min left"
+                     + (f", ~{left / jobs:.0f} min with --jobs {jobs}" if jobs > 1 else ""))
     return "\n".join(lines)
 
 
