@@ -33,10 +33,15 @@ CHECK_N, CHECK_STEPS = 200, 20
 
 def time_steps(n: int, device: str) -> None:
     """Seconds per training step of every recipe (and, for one with ``mixed_precision``, of its float32 variant),
-    measured alternately (A B A B) so that load hits all alike."""
+    measured alternately (A B A B) so that load hits all alike; recipes that differ only in their number of steps
+    share one timing (the first named)."""
     print(f"torch threads: {torch.get_num_threads()}, device {device}, {n} steps each")
-    variants = {}
+    variants, seen = {}, set()
     for name, recipe in pretrained_mnist.RECIPES.items():
+        same_step = json.dumps({k: v for k, v in recipe.items() if k != "num_steps"}, sort_keys=True)
+        if same_step in seen:
+            continue
+        seen.add(same_step)
         variants[name] = recipe
         if recipe.get("mixed_precision"):
             variants[f"{name} (float32)"] = {**recipe, "mixed_precision": None}

@@ -124,7 +124,7 @@ def test_a_float16_weights_file_loads_as_the_network_its_card_evaluated(tmp_path
     assert all(torch.equal(loaded[name], rounded[name]) for name in rounded)
 
 
-def test_the_candidate_recipe_changes_only_the_width_and_the_precision() -> None:
+def test_the_candidate_recipes_change_only_the_width_the_precision_and_the_length() -> None:
     shipped, wide = pretrained_mnist.RECIPES["shipped"], pretrained_mnist.RECIPES["wide"]
     assert shipped is pretrained_mnist.RECIPE
     changed = {"architecture", "mixed_precision", "weights_dtype"}
@@ -133,3 +133,6 @@ def test_the_candidate_recipe_changes_only_the_width_and_the_precision() -> None
     assert pretrained_mnist.build_solver(torch.nn.Linear(2, 2), wide).autocast_dtype == torch.bfloat16
     assert pretrained_mnist.build_solver(torch.nn.Linear(2, 2), shipped).autocast_dtype is None
     assert wide["architecture"]["block_out_channels"] == [2 * c for c in shipped["architecture"]["block_out_channels"]]
+    longer = pretrained_mnist.RECIPES["wide_long"]  # the next candidate: the same, trained longer
+    assert {k: v for k, v in longer.items() if k != "num_steps"} == {k: v for k, v in wide.items() if k != "num_steps"}
+    assert longer["num_steps"] > wide["num_steps"]
