@@ -129,7 +129,7 @@ def bench_closed_form_cost(repeats: int, pool_size: int = 4096) -> dict:
 
 
 def bench_compute_to_match(comparison_dir: Path, bilevel: str, search: str | None, axis: str, limit: float,
-                           name: str) -> dict:
+                           name: str, mode: str = "quick") -> dict:
     """View (c) of one comparison: the bilevel run's compute to the search's final quality over the search's
     compute to it, median over seeds [95% bootstrap interval] (``search`` None: the one with the best final
     quality)."""
@@ -146,7 +146,7 @@ def bench_compute_to_match(comparison_dir: Path, bilevel: str, search: str | Non
     per_seed = ", ".join(f"seed {s}: {shown(r)}" for s, r in summary["ratios"].items())
     return {**row, "ratio": summary["ratio_median"], "ci95": summary["ratio_ci95"], "per_seed": summary["ratios"],
             "met": summary["ratio_median"] is not None and summary["ratio_median"] <= limit,
-            "setting": f"{comparison_dir.parent.name} runs of {comparison_dir.name}, {bilevel} vs {search}, "
+            "setting": f"{mode} runs of {comparison_dir.name}, {bilevel} vs {search}, "
                        f"{axis}, tolerance {tolerance:g}; median over {len(summary['seeds'])} seeds, 95% bootstrap "
                        f"interval [{shown(low)}, {shown(high)}]; reached in {summary['reached']}/"
                        f"{len(summary['seeds'])} seeds ({per_seed})"}
@@ -162,7 +162,7 @@ def bench_scenario_b_mnist_time(runs: Path) -> dict:
     """Scenario B on MNIST (``make reproduce MODE=medium``): the same ratio as :func:`bench_scenario_b_time`."""
     return bench_compute_to_match(runs / "scenario_b_mnist", "zeroth_order", "bayesian", "wall_clock_s", 1 / 5,
                                   "Scenario B, MNIST: wall clock to Bayesian optimisation's final FID "
-                                  "(bilevel / Bayesian)")
+                                  "(bilevel / Bayesian)", mode="medium")
 
 
 def bench_scenario_a_cost(runs: Path) -> dict:

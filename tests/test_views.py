@@ -169,3 +169,22 @@ def test_make_bench_only_remeasures_the_named_rows_and_keeps_the_others(tmp_path
     monkeypatch.setattr(sys, "argv", ["bench.py", "--out", str(tmp_path / "empty"), "--only", "scenario_a_cost"])
     with pytest.raises(SystemExit, match="does not exist"):
         bench.main()
+
+
+def test_make_bench_reads_the_committed_records_where_no_runs_are_left(tmp_path, monkeypatch) -> None:
+    import sys
+
+    from conftest import ROOT
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import bench
+
+    monkeypatch.setattr(bench, "ROOT", tmp_path)
+    assert bench.default_runs("medium") == tmp_path / "results" / "medium" / "runs"  # no outputs/ in a fresh clone
+    medium = tmp_path / "results" / "medium" / "runs" / "scenario_b_mnist"
+    _finished(medium, "bayesian", 0, SEARCH, objective=25.0, wall_clock_s=130.0)
+    _finished(medium, "zeroth_order", 0, objective=24.0, wall_clock_s=9.0)
+    row = bench.bench_scenario_b_mnist_time(bench.default_runs("medium"))
+    assert row["per_seed"] == {"0": pytest.approx(0.1)} and row["setting"].startswith("medium runs of scenario_b_mnist")
+    runs = tmp_path / "outputs" / "reproduce" / "medium"
+    _finished(runs / "scenario_b_mnist", "fixed", 0, objective=30.0, wall_clock_s=1.0)
+    assert bench.default_runs("medium") == runs  # runs of its own come first
