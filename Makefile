@@ -45,7 +45,7 @@ aggregate: $(STAMP)  ## rebuild the tables and figures from existing runs: RUNS=
 	$(PY) scripts/aggregate.py $(or $(RUNS),outputs/reproduce/$(MODE)) --out $(or $(OUT),results$(if $(filter-out quick,$(MODE)),/$(MODE)))
 
 pretrain: $(STAMP)  ## train the embedded MNIST eps-model of task=finetune_mnist by its recipe (resumable; see docs/pretrained_mnist.md)
-	OMP_NUM_THREADS=$(or $(THREADS),1) $(PY) scripts/pretrain_mnist.py
+	OMP_NUM_THREADS=$(or $(THREADS),2) $(PY) scripts/pretrain_mnist.py
 
 clean-outputs:  ## delete run directories (keeps outputs/cache)
 	rm -rf outputs/runs outputs/multirun outputs/demo outputs/smoke

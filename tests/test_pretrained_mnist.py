@@ -19,7 +19,7 @@ CARD = json.loads(pretrained_mnist.CARD.read_text())
 
 
 def test_the_weights_are_small_and_pass_the_cards_checksum() -> None:
-    assert pretrained_mnist.WEIGHTS.stat().st_size < 5_000_000
+    assert pretrained_mnist.WEIGHTS.stat().st_size < 6_000_000  # float16, no optimizer state
     tensors, problem = checked_tensors(pretrained_mnist.WEIGHTS)
     assert problem is None and CARD["sha256"] and len(tensors) > 10
     assert CARD["recipe"] == json.loads(json.dumps(pretrained_mnist.RECIPE)), "the card describes today's recipe"
@@ -32,8 +32,6 @@ def test_the_cards_fid_meets_its_target() -> None:
     assert evaluation["kid"] > evaluation["kid_floor"], "the model is not better than real data"
 
 
-@pytest.mark.xfail(strict=True, reason="open gap (docs/pretrained_mnist.md): 78% of the samples are classified "
-                                       "with p > 0.9, the target is 85% (held-out digits: 95%)")
 def test_the_cards_confident_fraction_meets_its_target() -> None:
     assert CARD["evaluation"]["confident_fraction"] >= 0.85, CARD["evaluation"]
 
@@ -124,15 +122,14 @@ def test_a_float16_weights_file_loads_as_the_network_its_card_evaluated(tmp_path
     assert all(torch.equal(loaded[name], rounded[name]) for name in rounded)
 
 
-def test_the_candidate_recipes_change_only_the_width_the_precision_and_the_length() -> None:
-    shipped, wide = pretrained_mnist.RECIPES["shipped"], pretrained_mnist.RECIPES["wide"]
+def test_the_recipes_differ_only_in_width_precision_and_length() -> None:
+    shipped, small, wide = (pretrained_mnist.RECIPES[name] for name in ("shipped", "small", "wide"))
     assert shipped is pretrained_mnist.RECIPE
     changed = {"architecture", "mixed_precision", "weights_dtype"}
-    assert {k: v for k, v in wide.items() if k not in changed} == {k: v for k, v in shipped.items()
-                                                                    if k not in changed}
+    assert {k: v for k, v in wide.items() if k not in changed} == {k: v for k, v in small.items() if k not in changed}
     assert pretrained_mnist.build_solver(torch.nn.Linear(2, 2), wide).autocast_dtype == torch.bfloat16
-    assert pretrained_mnist.build_solver(torch.nn.Linear(2, 2), shipped).autocast_dtype is None
-    assert wide["architecture"]["block_out_channels"] == [2 * c for c in shipped["architecture"]["block_out_channels"]]
-    longer = pretrained_mnist.RECIPES["wide_long"]  # the next candidate: the same, trained longer
-    assert {k: v for k, v in longer.items() if k != "num_steps"} == {k: v for k, v in wide.items() if k != "num_steps"}
-    assert longer["num_steps"] > wide["num_steps"]
+    assert pretrained_mnist.build_solver(torch.nn.Linear(2, 2), small).autocast_dtype is None
+    assert wide["architecture"]["block_out_channels"] == [2 * c for c in small["architecture"]["block_out_channels"]]
+    # the shipped model: the wide recipe, trained longer
+    assert {k: v for k, v in shipped.items() if k != "num_steps"} == {k: v for k, v in wide.items() if k != "num_steps"}
+    assert shipped["num_steps"] > wide["num_steps"]
