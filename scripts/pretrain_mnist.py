@@ -25,6 +25,7 @@ sys.path.insert(0, str(ROOT / "src"))
 from bilevel_diffusion import pretrained_mnist, stopping  # noqa: E402
 from bilevel_diffusion.checkpoint import save_cached  # noqa: E402
 from bilevel_diffusion.data.mnist import load_mnist5k  # noqa: E402
+from bilevel_diffusion.errors import ConfigError  # noqa: E402
 
 
 #: the small evaluation that tests/test_pretrained_mnist.py repeats
@@ -85,6 +86,8 @@ def main() -> None:
     try:
         with stopping.handling_signals():  # Ctrl-C / SIGTERM: a checkpoint after the current step, then stop
             network, spent = pretrained_mnist.train(data, work, recipe, args.device)  # seconds over all attempts
+    except ConfigError as err:
+        sys.exit(f"error: {err}")
     except stopping.Stopped as stop:
         print(f"{stop}; rerun the same command to continue", file=sys.stderr)
         sys.exit(128 + stop.signum)

@@ -102,6 +102,11 @@ def test_pretraining_resumes_and_counts_the_time_of_every_attempt(tmp_path, monk
     resumed, total = pretrained_mnist.train(data, tmp_path / "b", recipe, checkpoint_every=2)
     assert total > 1000, "the stopped attempt's time is counted"
     assert all(torch.equal(a, b) for a, b in zip(straight.state_dict().values(), resumed.state_dict().values()))
+    wider = {**recipe, "architecture": {**recipe["architecture"], "block_out_channels": [16, 16, 16]}}
+    kept = (tmp_path / "b" / "last.pt").read_bytes()
+    with pytest.raises(ConfigError, match="another recipe"):  # another recipe's folder is not resumed into
+        pretrained_mnist.train(data, tmp_path / "b", wider, checkpoint_every=2)
+    assert (tmp_path / "b" / "last.pt").read_bytes() == kept
 
 
 def test_a_float16_weights_file_loads_as_the_network_its_card_evaluated(tmp_path, monkeypatch) -> None:

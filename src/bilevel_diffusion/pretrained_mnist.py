@@ -82,7 +82,14 @@ def train(data: ImageData, work_dir: Path, recipe: dict[str, Any] = RECIPE, devi
           checkpoint_every: int = 250) -> tuple[nn.Module, float]:
     """Score matching (paper Alg. 3) by the project's one loop; resumable from ``work_dir/last.pt`` (the loss every
     ``checkpoint_every`` steps in ``work_dir/metrics.jsonl``). Returns the EMA network and the seconds of training,
-    summed over resumed attempts."""
+    summed over resumed attempts. A work folder that holds a training of another recipe is refused
+    (:class:`ConfigError`) before anything is written to it."""
+    config = Path(work_dir) / "config.yaml"
+    if config.exists():
+        held = OmegaConf.to_container(OmegaConf.load(config)).get("recipe")
+        if held != OmegaConf.to_container(OmegaConf.create({"recipe": recipe}))["recipe"]:
+            raise ConfigError(f"{work_dir} holds a training of another recipe (its config.yaml); give another "
+                              f"--work-dir, or delete that folder to start over")
     torch.manual_seed(int(recipe["seed"]))
     network = build_network(recipe).to(device)
     solver = build_solver(network, recipe)
