@@ -60,3 +60,39 @@ def test_aggregate_script_reruns_on_existing_runs(tmp_path, monkeypatch) -> None
     assert (tmp_path / "r" / "table2.md").read_text() == first
     missing = subprocess.run([*command[:2], str(tmp_path / "nope")], capture_output=True, text=True)
     assert missing.returncode != 0 and "not a folder of runs" in missing.stderr
+
+
+def test_scenario_a_samples_figure_shows_every_lambda_loop_that_ran(tmp_path, monkeypatch) -> None:
+    """One panel per chosen lambda (the bilevel method first, then the other loops that ran), between the grid's
+    smallest and largest lambda; a loop that did not run gets no panel."""
+    import matplotlib.pyplot as plt
+
+    from bilevel_diffusion.reporting import scenario_a
+
+    def image(path, value) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        plt.imsave(path, [[value, value], [value, value]], cmap="gray", vmin=0, vmax=1)
+
+    runs = {}
+    for method, lam in (("grid", 1.0), ("closed_form", 0.0158), ("sampler_difference", 0.0845)):
+        runs[method] = tmp_path / method
+        _run(runs[method], task="finetune_mnist", method=method, seed=0, prompts=[3, 7], **{"lambda": lam})
+        image(runs[method] / "samples.png", 0.5)
+        (runs[method] / "metrics.jsonl").write_text("")
+    image(runs["grid"] / "trial_lambda_0.01.png", 0.0)
+    image(runs["grid"] / "trial_lambda_100.png", 1.0)
+    titles = []
+
+    def capture(fig, path):
+        titles.append([ax.get_title() for ax in fig.axes])
+        plt.close(fig)
+        return path
+
+    monkeypatch.setattr(scenario_a, "save_figure", capture)
+    monkeypatch.setattr(scenario_a, "plot_rewards_vs_lambda", lambda runs, path: path)
+    scenario_a.write_figures(runs, tmp_path / "out", "closed_form", ["sampler_difference", "closed_form_pool"])
+    assert titles[-1] == [r"$\lambda$ = 0.01 (grid)", r"$\lambda$ = 0.0158 (closed_form)",
+                          r"$\lambda$ = 0.0845 (sampler_difference)", r"$\lambda$ = 100 (grid)"]
+    scenario_a.write_figures({k: v for k, v in runs.items() if k != "sampler_difference"}, tmp_path / "out",
+                             "closed_form", ["sampler_difference"])
+    assert [title.split("(")[-1] for title in titles[-1]] == ["grid)", "closed_form)", "grid)"]

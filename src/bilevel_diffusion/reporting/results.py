@@ -25,6 +25,9 @@ from bilevel_diffusion.reporting.views import Quality, write_views
 #: the bilevel methods of Scenario A (Alg. 2 with guided refreshes, and on one pre-trained pool) and B (Alg. 6)
 SCENARIO_A_BILEVEL = ("closed_form", "closed_form_pool")
 SCENARIO_B_BILEVEL = ("zeroth_order",)
+#: Scenario A's other lambda loop (the guided sampler's own derivative; not the paper's): its chosen lambda's samples
+#: are shown beside the bilevel method's
+SCENARIO_A_OTHER_LOOPS = ("sampler_difference",)
 #: what ``make reproduce`` writes beside a comparison's runs (the bilevel method and the match tolerance)
 COMPARISON_FILE = "comparison.json"
 #: the quality each table's objective stands for (the objective is minus r1 in Table 1, the FID in Table 2)
@@ -50,7 +53,7 @@ def write_results(run_root: Path, out_dir: Path,
     for task, runs in sorted(runs_of_first_seed(run_root).items()):
         if TABLE_OF_TASK.get(task) == "table1":
             bilevel = next((m for m in SCENARIO_A_BILEVEL if m in runs), "")
-            figures += scenario_a.write_figures(runs, out_dir / task, bilevel).values()
+            figures += scenario_a.write_figures(runs, out_dir / task, bilevel, SCENARIO_A_OTHER_LOOPS).values()
         elif task in ("noise_schedule_mnist", "noise_schedule_gmm"):
             written = write_comparison(runs, out_dir / task)
             figures += [path for name, path in written.items() if name != "table"]

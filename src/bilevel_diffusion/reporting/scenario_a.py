@@ -7,7 +7,7 @@ re-run on finished runs.
 from __future__ import annotations
 
 import shutil
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import matplotlib
@@ -50,22 +50,25 @@ def plot_rewards_vs_lambda(runs: Mapping[str, Path], path: Path, curve_from: str
     return save_figure(fig, path)
 
 
-def plot_samples_small_chosen_large(runs: Mapping[str, Path], path: Path, bilevel: str = "closed_form",
+def plot_samples_small_chosen_large(runs: Mapping[str, Path], path: Path, chosen: Sequence[str] = ("closed_form",),
                                     grid: str = "grid") -> Path:
-    """Guided samples at the grid's smallest lambda, at the bilevel method's lambda and at the grid's largest."""
+    """Guided samples at the grid's smallest lambda, at the lambda each method in ``chosen`` ended at (its final
+    evaluation samples) and at the grid's largest."""
     images = sorted(runs[grid].glob("trial_lambda_*.png"), key=lambda p: float(p.stem.split("_")[-1]))
     panels = [(rf"$\lambda$ = {images[0].stem.split('_')[-1]} (grid)", images[0]),
-              (rf"$\lambda$ = {read_summary(runs[bilevel])['lambda']:.3g} (bilevel)", runs[bilevel] / "samples.png"),
+              *((rf"$\lambda$ = {read_summary(runs[method])['lambda']:.3g} ({method})", runs[method] / "samples.png")
+                for method in chosen),
               (rf"$\lambda$ = {images[-1].stem.split('_')[-1]} (grid)", images[-1])]
     pictures = [mpimg.imread(str(image)) for _, image in panels]
     height, width = pictures[0].shape[:2]
-    fig, axes = plt.subplots(1, 3, figsize=(10, 10 / 3 * height / width + 0.9))
+    panel_width = 10 / 3
+    fig, axes = plt.subplots(1, len(panels), figsize=(panel_width * len(panels), panel_width * height / width + 0.9))
     for ax, (title, _), picture in zip(axes, panels, pictures):
         ax.imshow(picture, cmap="gray")
         ax.set_title(title, fontsize=9)
         ax.set_xticks([])
         ax.set_yticks([])
-    summary = read_summary(runs[bilevel])
+    summary = read_summary(runs[chosen[0]])
     prompts = summary.get("prompts", [])
     if len(prompts) > 1:  # image grids hold one row per prompt
         axes[0].set_ylabel("rows: " + ", ".join(str(p) for p in prompts), fontsize=8)
@@ -74,16 +77,19 @@ def plot_samples_small_chosen_large(runs: Mapping[str, Path], path: Path, bileve
     return save_figure(fig, path)
 
 
-def write_figures(runs: Mapping[str, Path], out_dir: Path, bilevel: str = "closed_form") -> dict[str, Path]:
-    """``rewards_vs_lambda.png``, ``samples_small_chosen_large.png`` (need a ``grid`` run) and the bilevel run's
-    ``lambda_trace.png`` (lambda over bilevel steps) in ``out_dir``."""
+def write_figures(runs: Mapping[str, Path], out_dir: Path, bilevel: str = "closed_form",
+                  other_loops: Sequence[str] = ()) -> dict[str, Path]:
+    """``rewards_vs_lambda.png``, ``samples_small_chosen_large.png`` (need a ``grid`` run; a panel for the bilevel
+    method and for each of ``other_loops`` that ran) and the bilevel run's ``lambda_trace.png`` (lambda over bilevel
+    steps) in ``out_dir``."""
     out_dir.mkdir(parents=True, exist_ok=True)
     written = {}
     if "grid" in runs and any(runs["grid"].glob("trial_lambda_*.png")):
         written["rewards_vs_lambda"] = plot_rewards_vs_lambda(runs, out_dir / "rewards_vs_lambda.png")
         if bilevel in runs:
+            chosen = [bilevel, *(method for method in other_loops if method in runs and method != bilevel)]
             written["samples"] = plot_samples_small_chosen_large(runs, out_dir / "samples_small_chosen_large.png",
-                                                                 bilevel)
+                                                                 chosen)
     if bilevel in runs and (runs[bilevel] / "lambda_trace.png").exists():
         written["lambda_trace"] = Path(shutil.copyfile(runs[bilevel] / "lambda_trace.png",
                                                        out_dir / "lambda_trace.png"))
