@@ -8,6 +8,8 @@ import runpy
 import subprocess
 import sys
 
+import pytest
+
 from bilevel_diffusion.reporting.tables import write_tables
 from conftest import ROOT
 
@@ -74,17 +76,18 @@ def test_scenario_a_samples_figure_shows_every_lambda_loop_that_ran(tmp_path, mo
         plt.imsave(path, [[value, value], [value, value]], cmap="gray", vmin=0, vmax=1)
 
     runs = {}
-    for method, lam in (("grid", 1.0), ("closed_form", 0.0158), ("sampler_difference", 0.0845)):
+    for method, lam, grey in (("grid", 1.0, 0.5), ("closed_form", 0.0158, 0.25), ("sampler_difference", 0.0845, 0.75)):
         runs[method] = tmp_path / method
         _run(runs[method], task="finetune_mnist", method=method, seed=0, prompts=[3, 7], **{"lambda": lam})
-        image(runs[method] / "samples.png", 0.5)
+        image(runs[method] / "samples.png", grey)
         (runs[method] / "metrics.jsonl").write_text("")
     image(runs["grid"] / "trial_lambda_0.01.png", 0.0)
     image(runs["grid"] / "trial_lambda_100.png", 1.0)
-    titles = []
+    titles, greys = [], []
 
     def capture(fig, path):
         titles.append([ax.get_title() for ax in fig.axes])
+        greys.append([float(ax.images[0].get_array()[..., 0].mean()) for ax in fig.axes])
         plt.close(fig)
         return path
 
@@ -93,6 +96,7 @@ def test_scenario_a_samples_figure_shows_every_lambda_loop_that_ran(tmp_path, mo
     scenario_a.write_figures(runs, tmp_path / "out", "closed_form", ["sampler_difference", "closed_form_pool"])
     assert titles[-1] == [r"$\lambda$ = 0.01 (grid)", r"$\lambda$ = 0.0158 (closed_form)",
                           r"$\lambda$ = 0.0845 (sampler_difference)", r"$\lambda$ = 100 (grid)"]
+    assert greys[-1] == pytest.approx([0.0, 0.25, 0.75, 1.0], abs=0.01)  # each panel shows that method's samples
     scenario_a.write_figures({k: v for k, v in runs.items() if k != "sampler_difference"}, tmp_path / "out",
                              "closed_form", ["sampler_difference"])
     assert [title.split("(")[-1] for title in titles[-1]] == ["grid)", "closed_form)", "grid)"]
