@@ -80,7 +80,6 @@ def test_scenario_a_samples_figure_shows_every_lambda_loop_that_ran(tmp_path, mo
         runs[method] = tmp_path / method
         _run(runs[method], task="finetune_mnist", method=method, seed=0, prompts=[3, 7], **{"lambda": lam})
         image(runs[method] / "samples.png", grey)
-        (runs[method] / "metrics.jsonl").write_text("")
     image(runs["grid"] / "trial_lambda_0.01.png", 0.0)
     image(runs["grid"] / "trial_lambda_100.png", 1.0)
     titles, greys = [], []
